@@ -1,0 +1,329 @@
+import hashlib
+import secrets
+
+from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Lower
+from django.utils import timezone as tz
+
+
+class ChannelKind(models.TextChoices):
+    EMAIL = "email", "Email"
+    SMS = "sms", "SMS"
+    WHATSAPP = "whatsapp", "WhatsApp"
+    VOICE = "voice", "Voice"
+    PUSH = "push", "Push"
+
+
+class CustomerQuerySet(models.QuerySet):
+    def search(self, term: str):
+        term = term.strip()
+        if not term:
+            return self
+        query = (
+            Q(email__istartswith=term)
+            | Q(external_id=term)
+            | Q(first_name__istartswith=term)
+            | Q(last_name__istartswith=term)
+        )
+        parts = term.split()
+        if len(parts) == 2:
+            query |= Q(first_name__iexact=parts[0], last_name__istartswith=parts[1])
+        digits = "".join(ch for ch in term if ch.isdigit())
+        if len(digits) >= 4:
+            query |= Q(phone__contains=digits)
+        if term.isdigit():
+            query |= Q(pk=int(term))
+        return self.filter(query)
+
+    def reachable_on(self, channel: str):
+        """Customers with an address for ``channel`` whose consent for it is not revoked."""
+        address = {
+            ChannelKind.EMAIL: ~Q(email=""),
+            ChannelKind.SMS: ~Q(phone=""),
+            ChannelKind.WHATSAPP: ~Q(phone=""),
+            ChannelKind.VOICE: ~Q(phone=""),
+            ChannelKind.PUSH: Q(models.Exists(Device.objects.filter(customer=models.OuterRef("pk")))),
+        }[ChannelKind(channel)]
+        revoked = ConsentState.objects.filter(
+            customer=models.OuterRef("pk"), channel=channel, granted=False
+        )
+        return self.filter(address).exclude(models.Exists(revoked))
+
+
+class Customer(models.Model):
+    """One person, known across every channel."""
+
+    external_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    email = models.EmailField(max_length=254, blank=True, default="")
+    phone = models.CharField(max_length=20, blank=True, default="", help_text="E.164, e.g. +14155550123")
+    first_name = models.CharField(max_length=150, blank=True, default="")
+    last_name = models.CharField(max_length=150, blank=True, default="")
+    locale = models.CharField(max_length=35, blank=True, default="")
+    timezone = models.CharField(max_length=64, blank=True, default="", help_text="IANA name, e.g. Europe/Paris")
+    lifecycle_stage = models.CharField(max_length=64, blank=True, default="")
+    attributes = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=tz.now, editable=False)
+    updated_at = models.DateTimeField(default=tz.now)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+
+    objects = CustomerQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            # Email identifies a customer as much as external_id does.
+            models.UniqueConstraint(
+                Lower("email"), condition=~Q(email=""), name="customer_email_unique"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["phone"], name="customer_phone_idx", condition=~Q(phone="")),
+            models.Index(fields=["lifecycle_stage"], name="customer_stage_idx"),
+            models.Index(Lower("last_name"), Lower("first_name"), name="customer_name_idx"),
+            GinIndex(fields=["attributes"], name="customer_attributes_gin", opclasses=["jsonb_path_ops"]),
+        ]
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return self.display_name
+
+    @property
+    def full_name(self) -> str:
+        return " ".join(part for part in (self.first_name, self.last_name) if part)
+
+    @property
+    def display_name(self) -> str:
+        return self.full_name or self.email or self.phone or self.external_id or f"Customer {self.pk}"
+
+
+class Device(models.Model):
+    class Kind(models.TextChoices):
+        FCM = "fcm", "Firebase Cloud Messaging"
+        WEBPUSH = "webpush", "Web Push"
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="devices")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    token = models.TextField(unique=True, help_text="FCM registration token or Web Push subscription JSON")
+    platform = models.CharField(max_length=32, blank=True, default="", help_text="ios, android, web …")
+    created_at = models.DateTimeField(default=tz.now)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} device of {self.customer_id}"
+
+
+class Topic(models.Model):
+    """A kind of message. Marketing topics need a subscription; transactional ones do not."""
+
+    key = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=120)
+    description = models.TextField(blank=True, default="")
+    is_transactional = models.BooleanField(
+        default=False, help_text="Alerts and receipts: sent without a subscription and never capped."
+    )
+    created_at = models.DateTimeField(default=tz.now)
+
+    class Meta:
+        ordering = ["is_transactional", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Subscription(models.Model):
+    """Customer × topic × channel: the preference matrix."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="subscriptions")
+    topic = models.ForeignKey(Topic, on_delete=models.CASCADE, related_name="subscriptions")
+    channel = models.CharField(max_length=16, choices=ChannelKind.choices)
+    subscribed = models.BooleanField()
+    source = models.CharField(max_length=64, blank=True, default="")
+    updated_at = models.DateTimeField(default=tz.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["customer", "topic", "channel"], name="subscription_unique"),
+        ]
+        indexes = [models.Index(fields=["topic", "channel", "subscribed"], name="subscription_audience_idx")]
+
+    def __str__(self) -> str:
+        state = "subscribed" if self.subscribed else "unsubscribed"
+        return f"{self.customer_id} {state} to {self.topic_id} by {self.channel}"
+
+
+class LegalBasis(models.TextChoices):
+    CONSENT = "consent", "Consent"
+    CONTRACT = "contract", "Contract"
+    LEGITIMATE_INTEREST = "legitimate_interest", "Legitimate interest"
+    LEGAL_OBLIGATION = "legal_obligation", "Legal obligation"
+
+
+class Consent(models.Model):
+    """Append-only ledger: each row is one grant or revocation, with its proof."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="consents")
+    channel = models.CharField(max_length=16, choices=ChannelKind.choices)
+    granted = models.BooleanField()
+    occurred_at = models.DateTimeField(default=tz.now)
+    source = models.CharField(max_length=64)
+    legal_basis = models.CharField(max_length=32, choices=LegalBasis.choices, default=LegalBasis.CONSENT)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.TextField(blank=True, default="")
+    wording = models.TextField(blank=True, default="", help_text="The text the customer was shown")
+    form_url = models.URLField(max_length=2000, blank=True, default="")
+    recorded_by = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        ordering = ["-occurred_at", "-id"]
+        indexes = [models.Index(fields=["customer", "channel", "-occurred_at"], name="consent_ledger_idx")]
+
+    def __str__(self) -> str:
+        return f"{'granted' if self.granted else 'revoked'} {self.channel} for {self.customer_id}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not kwargs.get("force_insert"):
+            raise ValueError("The consent ledger is append-only; record a new entry instead.")
+        super().save(*args, **kwargs)
+
+
+class ConsentState(models.Model):
+    """Current consent per customer × channel, derived from the ledger (the latest entry).
+
+    Kept in step by ``customers.services.consent_record`` so that reachability checks read
+    one row instead of scanning the ledger.
+    """
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="consent_states")
+    channel = models.CharField(max_length=16, choices=ChannelKind.choices)
+    granted = models.BooleanField()
+    updated_at = models.DateTimeField()
+    consent = models.ForeignKey(Consent, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["customer", "channel"], name="consent_state_unique")]
+
+
+class EventCategory(models.TextChoices):
+    """What a timeline entry is about, for filtering; derived from the event name."""
+
+    EVENT = "event", "Events"
+    MESSAGE = "message", "Messages"
+    SEGMENT = "segment", "Segments"
+    JOURNEY = "journey", "Journeys"
+    PREFERENCE = "preference", "Preferences"
+    PROFILE = "profile", "Profile"
+    NOTE = "note", "Notes"
+
+
+# Event name prefixes the platform writes itself; the API refuses them from outside.
+PLATFORM_PREFIXES = {
+    "message.": EventCategory.MESSAGE,
+    "segment.": EventCategory.SEGMENT,
+    "journey.": EventCategory.JOURNEY,
+    "subscription.": EventCategory.PREFERENCE,
+    "consent.": EventCategory.PREFERENCE,
+    "customer.": EventCategory.PROFILE,
+    "device.": EventCategory.PROFILE,
+    "support.": EventCategory.NOTE,
+}
+
+
+def category_for(name: str) -> str:
+    for prefix, category in PLATFORM_PREFIXES.items():
+        if name.startswith(prefix):
+            return category
+    return EventCategory.EVENT
+
+
+class Event(models.Model):
+    """Everything that happens to or by a customer: the one timeline."""
+
+    id = models.BigAutoField(primary_key=True)
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="events")
+    name = models.CharField(max_length=128)
+    category = models.CharField(max_length=16, choices=EventCategory.choices, default=EventCategory.EVENT)
+    channel = models.CharField(max_length=16, choices=ChannelKind.choices, blank=True, default="")
+    properties = models.JSONField(default=dict, blank=True)
+    occurred_at = models.DateTimeField(default=tz.now)
+    received_at = models.DateTimeField(default=tz.now)
+    source = models.CharField(max_length=64, default="platform")
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    actor = models.CharField(max_length=255, blank=True, default="", help_text="Who caused it, when a person did")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="event_idempotency_unique",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["customer", "-occurred_at", "-id"], name="event_timeline_idx"),
+            models.Index(fields=["name", "occurred_at"], name="event_name_time_idx"),
+        ]
+        ordering = ["-occurred_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} @ {self.occurred_at:%Y-%m-%d %H:%M}"
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(revoked_at__isnull=True)
+
+
+class ApiKey(models.Model):
+    """A bearer key for the JSON API. Only its SHA-256 is stored; the key is shown once."""
+
+    PREFIX = "sb_"
+
+    name = models.CharField(max_length=120)
+    prefix = models.CharField(max_length=16, editable=False, help_text="First characters, to recognise a key")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=tz.now, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @staticmethod
+    def hash(raw_key: str) -> str:
+        return hashlib.sha256(raw_key.encode()).hexdigest()
+
+    @classmethod
+    def generate(cls) -> str:
+        return cls.PREFIX + secrets.token_urlsafe(32)
+
+
+class AuditEntry(models.Model):
+    """Who changed what, from the UI, the API or the admin."""
+
+    occurred_at = models.DateTimeField(default=tz.now, db_index=True)
+    actor = models.CharField(max_length=255)
+    action = models.CharField(max_length=64)
+    object_type = models.CharField(max_length=64)
+    object_id = models.CharField(max_length=64, blank=True, default="")
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        verbose_name_plural = "audit entries"
+        ordering = ["-occurred_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.actor} {self.action} {self.object_type} {self.object_id}"

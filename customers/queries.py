@@ -1,0 +1,137 @@
+"""Reads: customers, their preferences and their timeline, with access checks for views."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.core.exceptions import PermissionDenied
+from django.db.models import Prefetch, Q
+from django.http import Http404
+
+from .models import ChannelKind, ConsentState, Customer, Event, EventCategory, Subscription, Topic
+from .roles import can_view_customers
+
+
+class InvalidCursor(ValueError):
+    pass
+
+
+def customer_get_for_user(*, user, customer_id: int) -> Customer:
+    """The customer, if ``user`` may see customers; 403 or 404 otherwise."""
+    if not can_view_customers(user):
+        raise PermissionDenied("Your account has no role that allows viewing customers.")
+    customer = Customer.objects.filter(pk=customer_id).first()
+    if customer is None:
+        raise Http404("No such customer.")
+    return customer
+
+
+def customer_with_profile(customer_id: int) -> Customer | None:
+    """A customer with subscriptions (and topics), consent state and devices prefetched."""
+    return (
+        Customer.objects.filter(pk=customer_id)
+        .prefetch_related(
+            Prefetch("subscriptions", queryset=Subscription.objects.select_related("topic")),
+            Prefetch("consent_states", queryset=ConsentState.objects.select_related("consent")),
+            "devices",
+        )
+        .first()
+    )
+
+
+def customers_search(*, term: str = "", stage: str = "", reachable: str = ""):
+    """Customers matching a search term (email, phone, name, external id) and filters."""
+    queryset = Customer.objects.search(term)
+    if stage:
+        queryset = queryset.filter(lifecycle_stage=stage)
+    if reachable:
+        queryset = queryset.reachable_on(reachable)
+    return queryset.order_by("-id")
+
+
+def lifecycle_stages() -> list[str]:
+    return list(
+        Customer.objects.exclude(lifecycle_stage="")
+        .order_by("lifecycle_stage")
+        .values_list("lifecycle_stage", flat=True)
+        .distinct()
+    )
+
+
+@dataclass
+class PreferenceCell:
+    topic: Topic
+    channel: str
+    subscribed: bool | None  # None: never chosen
+    source: str
+    updated_at: datetime | None
+
+
+def preference_matrix(customer: Customer) -> list[tuple[Topic, list[PreferenceCell]]]:
+    """Rows of topics, columns of channels; reads prefetched subscriptions when present."""
+    chosen = {(s.topic_id, s.channel): s for s in customer.subscriptions.all()}
+    rows = []
+    for topic in Topic.objects.all():
+        cells = []
+        for channel in ChannelKind.values:
+            sub = chosen.get((topic.pk, channel))
+            cells.append(
+                PreferenceCell(
+                    topic=topic,
+                    channel=channel,
+                    subscribed=None if sub is None else sub.subscribed,
+                    source="" if sub is None else sub.source,
+                    updated_at=None if sub is None else sub.updated_at,
+                )
+            )
+        rows.append((topic, cells))
+    return rows
+
+
+def consent_overview(customer: Customer) -> dict[str, ConsentState | None]:
+    """Current consent per channel (None when nothing was ever recorded)."""
+    states = {state.channel: state for state in customer.consent_states.all()}
+    return {channel: states.get(channel) for channel in ChannelKind.values}
+
+
+# --- Timeline ----------------------------------------------------------------------------------
+
+
+def encode_cursor(event: Event) -> str:
+    raw = f"{event.occurred_at.isoformat()}|{event.pk}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        occurred, _, pk = base64.urlsafe_b64decode(padded.encode()).decode().partition("|")
+        return datetime.fromisoformat(occurred), int(pk)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidCursor("cursor is not one this API returned; pass next_cursor from the previous page") from exc
+
+
+@dataclass
+class TimelinePage:
+    events: list[Event]
+    next_cursor: str | None
+
+
+def timeline_page(
+    customer_id: int, *, limit: int = 50, cursor: str | None = None, category: str = "", channel: str = ""
+) -> TimelinePage:
+    """Newest-first events of one customer, keyset-paginated on (occurred_at, id)."""
+    queryset = Event.objects.filter(customer_id=customer_id)
+    if category:
+        queryset = queryset.filter(category=EventCategory(category))
+    if channel:
+        queryset = queryset.filter(channel=ChannelKind(channel))
+    if cursor:
+        occurred_at, pk = decode_cursor(cursor)
+        queryset = queryset.filter(Q(occurred_at__lt=occurred_at) | Q(occurred_at=occurred_at, id__lt=pk))
+    events = list(queryset.order_by("-occurred_at", "-id")[: limit + 1])
+    next_cursor = encode_cursor(events[limit - 1]) if len(events) > limit else None
+    return TimelinePage(events=events[:limit], next_cursor=next_cursor)
