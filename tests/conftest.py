@@ -78,3 +78,23 @@ def api(client, api_key):
             )
 
     return Api()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def channel_layer_on_test_database(django_db_setup, django_db_blocker):
+    """channels-postgres keeps its own copy of the database settings: point it at the test database."""
+    from channels.layers import channel_layers
+    from django.conf import settings
+    from django.db import connection
+
+    config = settings.CHANNEL_LAYERS["default"].get("CONFIG", {})
+    if "NAME" in config:
+        config["NAME"] = connection.settings_dict["NAME"]
+        channel_layers.backends.clear()
+    yield
+    # The layer keeps LISTEN connections open; close them so the test database can be dropped.
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
