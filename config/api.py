@@ -103,5 +103,7 @@ def on_unexpected(request, exc):
 
 
 from customers.api import router as customers_router  # noqa: E402
+from segments.api import router as segments_router  # noqa: E402
 
 api.add_router("/v1/", customers_router)
+api.add_router("/v1/", segments_router)

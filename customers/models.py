@@ -39,7 +39,7 @@ class CustomerQuerySet(models.QuerySet):
         return self.filter(query)
 
     def reachable_on(self, channel: str):
-        """Customers with an address for ``channel`` whose consent for it is not revoked."""
+        """Customers with a usable address for ``channel`` whose consent for it is not revoked."""
         address = {
             ChannelKind.EMAIL: ~Q(email=""),
             ChannelKind.SMS: ~Q(phone=""),
@@ -47,10 +47,11 @@ class CustomerQuerySet(models.QuerySet):
             ChannelKind.VOICE: ~Q(phone=""),
             ChannelKind.PUSH: Q(models.Exists(Device.objects.filter(customer=models.OuterRef("pk")))),
         }[ChannelKind(channel)]
-        revoked = ConsentState.objects.filter(
-            customer=models.OuterRef("pk"), channel=channel, granted=False
+        revoked = ConsentState.objects.filter(customer=models.OuterRef("pk"), channel=channel, granted=False)
+        unusable = ChannelStatus.objects.filter(customer=models.OuterRef("pk"), channel=channel).exclude(
+            status=ChannelStatus.Status.OK
         )
-        return self.filter(address).exclude(models.Exists(revoked))
+        return self.filter(address).exclude(models.Exists(revoked)).exclude(models.Exists(unusable))
 
 
 class Customer(models.Model):
@@ -206,6 +207,34 @@ class ConsentState(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["customer", "channel"], name="consent_state_unique")]
+
+
+class ChannelStatus(models.Model):
+    """Whether a customer's address on a channel can be used at all.
+
+    Set by delivery feedback: a hard bounce makes the address unusable, a complaint or an
+    inbound STOP unsubscribes the customer from all marketing on that channel. No row means
+    the address is fine.
+    """
+
+    class Status(models.TextChoices):
+        OK = "ok", "OK"
+        BOUNCED = "bounced", "Hard bounced"
+        COMPLAINED = "complained", "Complained"
+        UNSUBSCRIBED = "unsubscribed", "Unsubscribed from the channel"
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="channel_statuses")
+    channel = models.CharField(max_length=16, choices=ChannelKind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OK)
+    reason = models.TextField(blank=True, default="")
+    updated_at = models.DateTimeField(default=tz.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["customer", "channel"], name="channel_status_unique")]
+        indexes = [models.Index(fields=["channel", "status"], name="channel_status_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id} {self.channel}: {self.status}"
 
 
 class EventCategory(models.TextChoices):

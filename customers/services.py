@@ -61,7 +61,8 @@ class InputError(Exception):
 
 
 def _on_commit_send(signal, **kwargs) -> None:
-    transaction.on_commit(lambda: signal.send(sender=Customer, **kwargs))
+    # robust: the change is committed; a failing listener is logged, not reported to the caller.
+    transaction.on_commit(lambda: signal.send(sender=Customer, **kwargs), robust=True)
 
 
 def audit(*, actor: str, action: str, object_type: str, object_id: object = "", details: dict | None = None) -> None:
@@ -197,12 +198,14 @@ def customers_upsert(*, items: list[CustomerInput], source: str, actor: str) -> 
             now=now,
         )
 
-        touched = {c.pk for c, created, changes in plans if created or changes} | subscription_changes
+        if new_ids:
+            _on_commit_send(signals.customers_changed, customer_ids=new_ids, fields=set(), created=True)
+        touched = {c.pk for c, created, changes in plans if not created and changes} | (subscription_changes - new_ids)
         if touched:
-            fields = {key for _, _, changes in plans for key in changes}
+            fields = {key for _, created, changes in plans if not created for key in changes}
             if subscription_changes:
                 fields.add("subscriptions")
-            _on_commit_send(signals.customers_changed, customer_ids=touched, fields=fields)
+            _on_commit_send(signals.customers_changed, customer_ids=touched, fields=fields, created=False)
         return [UpsertResult(c, c.pk in new_ids, changes) for c, _, changes in plans]
 
 
@@ -353,7 +356,7 @@ def subscription_set(
                 actor=actor, action="subscription.changed", object_type="customer", object_id=customer.pk,
                 details={"topic": topic.key, "channel": channel, "subscribed": subscribed, "reason": reason},
             )
-            _on_commit_send(signals.customers_changed, customer_ids=changed, fields={"subscriptions"})
+            _on_commit_send(signals.customers_changed, customer_ids=changed, fields={"subscriptions"}, created=False)
     return bool(changed)
 
 
@@ -406,7 +409,7 @@ def consent_record(
         )
         audit(actor=actor, action="consent.recorded", object_type="customer", object_id=customer.pk,
               details={"channel": channel, "granted": granted, "source": source})
-        _on_commit_send(signals.customers_changed, customer_ids={customer.pk}, fields={"consent"})
+        _on_commit_send(signals.customers_changed, customer_ids={customer.pk}, fields={"consent"}, created=False)
     return entry
 
 
@@ -431,7 +434,7 @@ def device_register(*, customer: Customer, kind: str, token: str, platform: str,
             channel=ChannelKind.PUSH, properties={"kind": kind, "platform": platform, "device_id": device.pk},
             occurred_at=now, received_at=now, source=source, actor=actor,
         )
-        _on_commit_send(signals.customers_changed, customer_ids={customer.pk}, fields={"devices"})
+        _on_commit_send(signals.customers_changed, customer_ids={customer.pk}, fields={"devices"}, created=False)
     return device
 
 
@@ -537,18 +540,18 @@ def _events_ingest_once(*, items: list[EventInput], source: str, actor: str) -> 
             if missing:
                 raise InputError(missing)
 
-        created = 0
-        by_external_id, n = _customers_ensure(
+        by_external_id, created_by_external_id = _customers_ensure(
             cursor, "external_id", sorted({i.external_id for i in items if i.customer_id is None and i.external_id}),
             source, actor, now,
         )
-        created += n
-        by_email, n = _customers_ensure(
+        by_email, created_by_email = _customers_ensure(
             cursor, "email",
             sorted({i.email for i in items if i.customer_id is None and not i.external_id and i.email}),
             source, actor, now,
         )
-        created += n
+        created_ids = created_by_external_id | created_by_email
+        if created_ids:
+            _on_commit_send(signals.customers_changed, customer_ids=created_ids, fields=set(), created=True)
 
         columns = {"customer": [], "name": [], "channel": [], "properties": [], "occurred": [], "key": []}
         for item in items:
@@ -573,17 +576,17 @@ def _events_ingest_once(*, items: list[EventInput], source: str, actor: str) -> 
             customer_ids = {row[0] for row in per_customer}
             names = {name for row in per_customer for name in row[2]}
             _on_commit_send(signals.events_ingested, customer_ids=customer_ids, names=names)
-    return IngestResult(accepted=accepted, duplicates=len(items) - accepted, customers_created=created)
+    return IngestResult(accepted=accepted, duplicates=len(items) - accepted, customers_created=len(created_ids))
 
 
-def _customers_ensure(cursor, key: str, values: list[str], source: str, actor: str, now) -> tuple[dict[str, int], int]:
+def _customers_ensure(cursor, key: str, values: list[str], source: str, actor: str, now) -> tuple[dict[str, int], set[int]]:
     """Map each external id or email to a customer id, creating missing customers.
 
-    Returns the mapping and how many customers were created (each gets a
+    Returns the mapping and the ids of the customers created (each gets a
     ``customer.created`` event).
     """
     if not values:
-        return {}, 0
+        return {}, set()
     if key == "external_id":
         conflict = "(external_id)"
         lookup = "external_id = ANY(%(values)s)"
@@ -613,11 +616,11 @@ def _customers_ensure(cursor, key: str, values: list[str], source: str, actor: s
                    %(now)s, %(now)s, %(source)s, NULL, %(actor)s
             FROM created
         )
-        SELECT count(*) FROM created
+        SELECT coalesce(array_agg(id), '{{}}') FROM created
         """,
         {"values": values, "now": now, "source": source, "actor": actor},
     )
-    created = cursor.fetchone()[0]
+    created = set(cursor.fetchone()[0])
     cursor.execute(f"SELECT {select_key}, id FROM customers_customer WHERE {lookup}", {"values": values})
     return dict(cursor.fetchall()), created
 

@@ -10,5 +10,6 @@ from django.dispatch import Signal
 events_ingested = Signal()
 
 # Sent after profiles, subscriptions or consent changed. kwargs: customer_ids (set[int]),
-# fields (set[str]: profile field names, "attributes.<key>", "subscriptions", "consent").
+# fields (set[str]: profile field names, "attributes.<key>", "subscriptions", "consent",
+# "devices", "channel_status"), created (bool: the customers are new, so any rule may match).
 customers_changed = Signal()
