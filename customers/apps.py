@@ -2,13 +2,16 @@ from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
 
-def grant_admin_permissions(sender, using="default", **kwargs):
-    """Give the Admin role every permission, including those of apps added later."""
+def ensure_roles(sender, using="default", **kwargs):
+    """Keep the three role groups present (a database flush empties them) and give the
+    Admin role every permission, including those of apps added later."""
     from django.contrib.auth.models import Group, Permission
 
-    group = Group.objects.using(using).filter(name="Admin").first()
-    if group is not None:
-        group.permissions.set(Permission.objects.using(using).all())
+    from .roles import ADMIN, ALL_ROLES
+
+    for name in ALL_ROLES:
+        Group.objects.using(using).get_or_create(name=name)
+    Group.objects.using(using).get(name=ADMIN).permissions.set(Permission.objects.using(using).all())
 
 
 class CustomersConfig(AppConfig):
@@ -16,4 +19,4 @@ class CustomersConfig(AppConfig):
     verbose_name = "Customers"
 
     def ready(self) -> None:
-        post_migrate.connect(grant_admin_permissions, dispatch_uid="customers.grant_admin_permissions")
+        post_migrate.connect(ensure_roles, dispatch_uid="customers.ensure_roles")

@@ -2,7 +2,7 @@ import hashlib
 import secrets
 
 from django.conf import settings
-from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.indexes import BrinIndex, GinIndex
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
@@ -295,6 +295,8 @@ class Event(models.Model):
         indexes = [
             models.Index(fields=["customer", "-occurred_at", "-id"], name="event_timeline_idx"),
             models.Index(fields=["name", "occurred_at"], name="event_name_time_idx"),
+            # Events arrive roughly in time order: a BRIN index answers "since when" cheaply.
+            BrinIndex(fields=["occurred_at"], name="event_time_brin"),
         ]
         ordering = ["-occurred_at", "-id"]
 

@@ -1,0 +1,60 @@
+// Small behaviours the server-rendered pages need; everything else is htmx.
+(function () {
+  "use strict";
+
+  function closeMenus(except) {
+    document.querySelectorAll("details.cell-menu[open]").forEach(function (menu) {
+      if (menu !== except) menu.removeAttribute("open");
+    });
+  }
+
+  // One preference popover at a time; focus its reason field when it opens.
+  document.addEventListener("toggle", function (event) {
+    var menu = event.target;
+    if (!(menu instanceof HTMLDetailsElement) || !menu.classList.contains("cell-menu") || !menu.open) return;
+    closeMenus(menu);
+    var reason = menu.querySelector("input[name=reason]");
+    if (reason) reason.focus();
+  }, true);
+
+  document.addEventListener("click", function (event) {
+    var target = event.target;
+    if (target.closest("[data-close-details]")) {
+      var menu = target.closest("details");
+      if (menu) menu.removeAttribute("open");
+      return;
+    }
+    if (!target.closest("details.cell-menu")) closeMenus(null);
+
+    if (target.closest("[data-dismiss]")) {
+      dismiss(target.closest(".flash"));
+      return;
+    }
+
+    // Whole table rows open the customer, unless a link was clicked or text selected.
+    var row = target.closest("tr[data-href]");
+    if (row && !target.closest("a, button, input, select") && !String(window.getSelection())) {
+      window.location.href = row.dataset.href;
+    }
+  });
+
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Escape") closeMenus(null);
+  });
+
+  function dismiss(flash) {
+    if (!flash || flash.classList.contains("leaving")) return;
+    flash.classList.add("leaving");
+    setTimeout(function () { flash.remove(); }, 260);
+  }
+
+  function scheduleFlashes(root) {
+    (root || document).querySelectorAll(".flash:not([data-scheduled])").forEach(function (flash) {
+      flash.dataset.scheduled = "1";
+      setTimeout(function () { dismiss(flash); }, 6000);
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { scheduleFlashes(document); });
+  document.addEventListener("htmx:afterSettle", function () { scheduleFlashes(document); });
+})();
