@@ -21,6 +21,9 @@ class Segment(models.Model):
     member_count = models.PositiveIntegerField(default=0, editable=False)
     computed_at = models.DateTimeField(null=True, blank=True, editable=False, help_text="Last full computation")
     changed_at = models.DateTimeField(null=True, blank=True, editable=False, help_text="Last membership change")
+    swept_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="Time windows were last brought up to this moment"
+    )
     last_full_ms = models.PositiveIntegerField(null=True, blank=True, editable=False)
     last_lag_ms = models.PositiveIntegerField(
         null=True, blank=True, editable=False,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.core.exceptions import PermissionDenied
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import OuterRef, Subquery
 from django.http import Http404
 from django.utils import timezone
@@ -54,7 +54,8 @@ def segment_preview(rules, *, now: datetime | None = None) -> Preview:
     """How many customers ``rules`` select now, and a sample of them; nothing is saved."""
     compiled = compile_for_preview(rules)
     query, params = rule_language.compile_query(compiled, now=now or timezone.now())
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL work_mem = '64MB'")
         cursor.execute(f"SELECT count(*) FROM ({query}) audience", params)
         count = cursor.fetchone()[0]
         cursor.execute(f"{query} ORDER BY c.id DESC LIMIT {SAMPLE_SIZE}", params)

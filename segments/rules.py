@@ -364,16 +364,18 @@ def dependencies(rules: dict) -> Dependencies:
 
 
 class _Sql:
-    """Collects SQL text and its parameters (psycopg ``%s`` placeholders)."""
+    """Collects parameters for SQL text; placeholders are named (``%(p3)s``), so the text
+    can be assembled in any order and a fragment can be used more than once."""
 
     def __init__(self, now: datetime, customer_ids: list[int] | None):
-        self.params: list[Any] = []
+        self.params: dict[str, Any] = {}
         self.now = now
         self.customer_ids = customer_ids
 
     def param(self, value: Any) -> str:
-        self.params.append(value)
-        return "%s"
+        key = f"p{len(self.params)}"
+        self.params[key] = value
+        return f"%({key})s"
 
 
 def _like(value: str) -> str:
@@ -477,6 +479,9 @@ def _event_sql(sql: _Sql, node: dict) -> str:
     # (zero_passes) or for (not zero_passes) membership.
     having = f"NOT (count(*) {COMPARE[op]} {n})" if zero_passes else f"count(*) {COMPARE[op]} {n}"
     simple = (op, n) in (("gte", 1), ("gt", 0), ("eq", 0), ("lt", 1), ("lte", 0))
+    if zero_passes and simple:
+        # "Did not do X": an anti-join, which PostgreSQL can run (and spill) at any size.
+        return f"(NOT EXISTS (SELECT 1 FROM customers_event e WHERE e.customer_id = c.id AND {_event_filter(sql, node)}))"
     inner = (
         f"SELECT e.customer_id FROM customers_event e WHERE {_event_filter(sql, node)}"
         f"{_ids_filter(sql, 'e.customer_id')}"
@@ -537,7 +542,7 @@ def _node_sql(sql: _Sql, node: dict) -> str:
     raise AssertionError(f"unhandled rule {node}")
 
 
-def compile_query(rules: dict, *, now: datetime, customer_ids: list[int] | None = None) -> tuple[str, list]:
+def compile_query(rules: dict, *, now: datetime, customer_ids: list[int] | None = None) -> tuple[str, dict]:
     """``SELECT c.id FROM customers_customer c WHERE …`` for a normalised tree.
 
     With ``customer_ids`` the query considers only those customers (incremental updates).
@@ -546,6 +551,66 @@ def compile_query(rules: dict, *, now: datetime, customer_ids: list[int] | None 
     where = _node_sql(sql, rules)
     ids = _ids_filter(sql, "c.id")
     return f"SELECT c.id FROM customers_customer c WHERE {where}{ids}", sql.params
+
+
+# --- Time windows -------------------------------------------------------------------------------
+
+
+def window_crossings_query(rules: dict, *, since: datetime, now: datetime) -> tuple[str, dict] | None:
+    """Customers whose relative time windows may have changed between ``since`` and ``now``.
+
+    A rule like "opened an email in the last 21 days" changes for a customer only when one
+    of their matching events ages past the window edge, i.e. occurred in
+    [since − 21 days, now − 21 days); a date attribute likewise only when its value crosses
+    an edge. Returns (sql, params) selecting those customer ids, or None when the tree has
+    no relative windows.
+    """
+    sql = _Sql(now, None)
+    parts: list[str] = []
+
+    def edges(days) -> tuple[str, str]:
+        return sql.param(since - timedelta(days=days)), sql.param(now - timedelta(days=days))
+
+    def walk(node):
+        for kind in ("all", "any"):
+            if kind in node:
+                for child in node[kind]:
+                    walk(child)
+                return
+        if "not" in node:
+            walk(node["not"])
+        elif "event" in node:
+            # Any event of that name crossing an edge is enough to re-evaluate the customer;
+            # the recomputation itself applies the rest of the rule exactly.
+            moments = [("e.occurred_at", node["within_days"])] if "within_days" in node else []
+            moments += [
+                (f"sb_to_timestamptz(e.properties->>'{c['prop']}')", c["value"])
+                for c in node["where"]
+                if c["op"] in ("within_days", "before_days")
+            ]
+            for moment, days in moments:
+                low, high = edges(days)
+                parts.append(
+                    f"SELECT e.customer_id FROM customers_event e WHERE e.name = {sql.param(node['event'])}"
+                    f" AND {moment} >= {low} AND {moment} < {high}"
+                )
+        elif "attr" in node and node["op"] in ("within_days", "before_days"):
+            name = node["attr"]
+            value = f"sb_to_timestamptz(c.attributes->>'{name.removeprefix('attributes.')}')" if name.startswith(
+                "attributes."
+            ) else f"c.{name}"
+            low, high = edges(node["value"])
+            parts.append(f"SELECT c.id FROM customers_customer c WHERE {value} >= {low} AND {value} < {high}")
+            if node["op"] == "within_days":
+                # Future dates entering the window's upper edge ("now").
+                parts.append(
+                    f"SELECT c.id FROM customers_customer c WHERE {value} > {sql.param(since)} AND {value} <= {sql.param(now)}"
+                )
+
+    walk(rules)
+    if not parts:
+        return None
+    return " UNION ".join(parts), sql.params
 
 
 # --- Explanation --------------------------------------------------------------------------------
@@ -583,7 +648,7 @@ def _leaf_value_sql(sql: _Sql, node: dict) -> str:
     raise AssertionError(node)
 
 
-def explain_query(rules: dict, *, customer_id: int, now: datetime) -> tuple[str, list, list[dict]]:
+def explain_query(rules: dict, *, customer_id: int, now: datetime) -> tuple[str, dict, list[dict]]:
     """One query that evaluates every leaf of ``rules`` for one customer.
 
     Returns (sql, params, leaves): the row holds ``passed, value`` for each leaf in order.

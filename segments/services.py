@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -200,13 +200,13 @@ def segment_recompute(
         if segment is None or not segment.is_dynamic or segment.compiled is None:
             return None
         ids = sorted(customer_ids) if customer_ids is not None else None
-        query, params = rule_language.compile_query(segment.compiled, now=now, customer_ids=ids)
-        # The audience query uses %s placeholders; name the rest so both styles never mix.
-        named = {f"p{i}": value for i, value in enumerate(params)}
-        query = query.replace("%s", "{}").format(*[f"%({key})s" for key in named])
+        query, named = rule_language.compile_query(segment.compiled, now=now, customer_ids=ids)
         scope = "" if ids is None else "AND customer_id = ANY(%(ids)s::bigint[])"
         statement = _APPLY.format(query=query, current_filter=scope, exit_filter=scope.replace("customer_id", "m.customer_id"))
         with connection.cursor() as cursor:
+            # Audience queries hash whole tables of ids; the 4 MB default makes PostgreSQL
+            # fall back to far slower plans for large audiences.
+            cursor.execute("SET LOCAL work_mem = '64MB'")
             cursor.execute(
                 statement,
                 {
@@ -221,7 +221,7 @@ def segment_recompute(
         elapsed_ms = int((time.monotonic() - started) * 1000)
         update = {}
         if ids is None:
-            update.update(member_count=matched, computed_at=now, last_full_ms=elapsed_ms)
+            update.update(member_count=matched, computed_at=now, last_full_ms=elapsed_ms, swept_at=now)
         elif entered or exited:
             segment.member_count = segment.member_count + entered - exited
             update.update(member_count=segment.member_count, last_lag_ms=elapsed_ms)
@@ -291,22 +291,55 @@ def segments_refresh_for(*, customer_ids: set[int], segment_ids: list[int]) -> N
         segment_recompute(segment_id=pk, customer_ids=ids)
 
 
-def segments_sweep(*, now: datetime | None = None) -> dict:
-    """Full recomputation of every time-window segment (and its dependents), and size samples.
+FULL_RECOMPUTE_EVERY = timedelta(hours=24)
 
-    Relative windows ("no open in 21 days") change with the clock, not with any event, so
-    they are kept true by running this every minute.
+
+def segments_sweep(*, now: datetime | None = None) -> dict[int, MembershipChange | None]:
+    """Keep relative time windows true ("no open in 21 days"), then record size samples.
+
+    Such rules change with the clock, not with any event. For each segment with a window,
+    only customers with an event or date crossing a window edge since the last sweep are
+    re-evaluated, so a sweep costs what changed, not the audience size; segments that use
+    those segments follow for the same customers. Each segment is also fully recomputed
+    once a day, which repairs anything changed behind the platform's back.
     """
     now = now or timezone.now()
-    timed = {
-        pk for pk, deps in Segment.objects.filter(kind=Segment.Kind.DYNAMIC).values_list("pk", "dependencies")
-        if deps.get("time_based")
-    }
-    changes = {}
-    for pk in _in_dependency_order(timed):
-        changes[pk] = segment_recompute(segment_id=pk, now=now)
+    segments = {s.pk: s for s in Segment.objects.filter(kind=Segment.Kind.DYNAMIC)}
+    timed = {pk for pk, s in segments.items() if s.dependencies.get("time_based")}
+    stale = {pk for pk, s in segments.items() if s.computed_at is None or s.computed_at < now - FULL_RECOMPUTE_EVERY}
+    candidates: dict[int, set[int] | None] = {}  # None: everyone
+    changes: dict[int, MembershipChange | None] = {}
+    for pk in _in_dependency_order(timed | stale):
+        segment = segments[pk]
+        if pk in stale or (pk in timed and segment.swept_at is None):
+            ids = None
+        else:
+            ids = set()
+            if pk in timed:
+                ids |= _window_crossings(segment, since=segment.swept_at, now=now)
+            for ref in segment.dependencies.get("segments", ()):
+                if ref in candidates:
+                    if candidates[ref] is None:
+                        ids = None
+                        break
+                    ids |= candidates[ref]
+        candidates[pk] = ids
+        if ids is None or ids:
+            changes[pk] = segment_recompute(segment_id=pk, customer_ids=None if ids is None else sorted(ids), now=now)
+        if pk in timed:
+            Segment.objects.filter(pk=pk).update(swept_at=now)
     segment_sizes_sample(now=now)
     return changes
+
+
+def _window_crossings(segment: Segment, *, since: datetime, now: datetime) -> set[int]:
+    found = rule_language.window_crossings_query(segment.compiled, since=since, now=now)
+    if found is None:
+        return set()
+    query, params = found
+    with connection.cursor() as cursor:
+        cursor.execute(query, params)
+        return {row[0] for row in cursor.fetchall()}
 
 
 def segment_sizes_sample(*, now: datetime | None = None) -> None:

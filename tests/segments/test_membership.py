@@ -72,6 +72,29 @@ def test_time_windows_are_kept_true_by_the_sweep():
     assert SegmentSize.objects.filter(segment=segment).exists()
 
 
+def test_the_sweep_re_evaluates_only_customers_crossing_a_window_edge():
+    crossing = CustomerFactory(external_id="crossing", lifecycle_stage="lead")
+    platform_event(crossing, "message.opened", days_ago=21 - 1 / 24, channel="email")  # 21 days minus an hour
+    unrelated = CustomerFactory(external_id="unrelated", lifecycle_stage="lead")
+    platform_event(unrelated, "message.opened", days_ago=2, channel="email")
+    segment = services.segment_create(
+        name="Quiet leads", rules={"all": [REENGAGE, {"attr": "lifecycle_stage", "op": "eq", "value": "lead"}]}, actor="t"
+    )
+    assert members(segment) == set()
+    # Changed behind the platform's back: only a full computation can notice.
+    Customer.objects.filter(pk=unrelated.pk).update(lifecycle_stage="expert")
+    Event.objects.filter(customer=unrelated, name="message.opened").delete()
+
+    services.segments_sweep(now=timezone.now() + timedelta(hours=2))
+    assert members(segment) == {"crossing"}
+
+    services.segments_sweep(now=timezone.now() + timedelta(hours=25))  # the daily full computation
+    assert members(segment) == {"crossing"}
+    Customer.objects.filter(pk=unrelated.pk).update(lifecycle_stage="lead")
+    services.segments_sweep(now=timezone.now() + timedelta(hours=50))
+    assert members(segment) == {"crossing", "unrelated"}
+
+
 def test_api_events_update_segments_before_the_call_returns(client, api):
     segment = services.segment_create(
         name="Big spenders",
