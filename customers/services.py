@@ -35,6 +35,7 @@ from .models import (
 
 logger = logging.getLogger(__name__)
 
+CHANNELS = frozenset(ChannelKind.values)
 PROFILE_FIELDS = ("email", "phone", "first_name", "last_name", "locale", "timezone", "lifecycle_stage")
 
 
@@ -476,16 +477,16 @@ class IngestResult:
 
 _INSERT_EVENTS = """
 WITH input AS (
-    SELECT * FROM unnest(%(customer)s::bigint[], %(name)s::text[], %(channel)s::text[],
-                         %(properties)s::text[], %(occurred)s::timestamptz[], %(key)s::text[])
-        AS t(customer_id, name, channel, properties, occurred_at, idempotency_key)
+    SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb)
+        AS t(customer_id bigint, name text, channel text, properties jsonb, occurred_at timestamptz,
+             idempotency_key text)
 ),
 inserted AS (
     INSERT INTO customers_event
         (customer_id, name, category, channel, properties, occurred_at, received_at, source,
          idempotency_key, actor)
-    SELECT customer_id, name, 'event', channel, properties::jsonb, occurred_at, %(now)s, %(source)s,
-           idempotency_key, ''
+    SELECT customer_id, name, 'event', coalesce(channel, ''), properties, coalesce(occurred_at, %(now)s),
+           %(now)s, %(source)s, idempotency_key, ''
     FROM input
     ON CONFLICT (source, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING customer_id, name, occurred_at
@@ -553,19 +554,20 @@ def _events_ingest_once(*, items: list[EventInput], source: str, actor: str) -> 
         if created_ids:
             _on_commit_send(signals.customers_changed, customer_ids=created_ids, fields=set(), created=True)
 
-        columns = {"customer": [], "name": [], "channel": [], "properties": [], "occurred": [], "key": []}
-        for item in items:
-            customer_id = item.customer_id or (
-                by_external_id[item.external_id] if item.external_id else by_email[item.email]
-            )
-            channel = item.properties.get("channel")
-            columns["customer"].append(customer_id)
-            columns["name"].append(item.name)
-            columns["channel"].append(channel if channel in ChannelKind.values else "")
-            columns["properties"].append(json.dumps(item.properties, separators=(",", ":")))
-            columns["occurred"].append(item.occurred_at or now)
-            columns["key"].append(item.idempotency_key)
-        cursor.execute(_INSERT_EVENTS, {**columns, "now": now, "source": source})
+        # The batch travels as one JSON document: one parameter to send instead of six arrays.
+        batch = [
+            {
+                "customer_id": item.customer_id
+                or (by_external_id[item.external_id] if item.external_id else by_email[item.email]),
+                "name": item.name,
+                "channel": channel if (channel := item.properties.get("channel")) in CHANNELS else "",
+                "properties": item.properties,
+                "occurred_at": item.occurred_at.isoformat() if item.occurred_at else None,
+                "idempotency_key": item.idempotency_key,
+            }
+            for item in items
+        ]
+        cursor.execute(_INSERT_EVENTS, {"batch": json.dumps(batch, separators=(",", ":")), "now": now, "source": source})
         per_customer = cursor.fetchall()
         accepted = sum(row[3] for row in per_customer)
         if per_customer:
@@ -595,6 +597,12 @@ def _customers_ensure(cursor, key: str, values: list[str], source: str, actor: s
         conflict = "(lower(email)) WHERE NOT (email = '')"
         lookup = "lower(email) = ANY(%(values)s)"
         select_key = "lower(email)"
+    # Usually everyone exists already: look first, insert only the rest.
+    cursor.execute(f"SELECT {select_key}, id FROM customers_customer WHERE {lookup}", {"values": values})
+    known = dict(cursor.fetchall())
+    values = [value for value in values if value not in known]
+    if not values:
+        return known, set()
     cursor.execute(
         f"""
         WITH created AS (
@@ -621,8 +629,9 @@ def _customers_ensure(cursor, key: str, values: list[str], source: str, actor: s
         {"values": values, "now": now, "source": source, "actor": actor},
     )
     created = set(cursor.fetchone()[0])
+    # Those a concurrent batch created in the meantime were skipped by ON CONFLICT: read them too.
     cursor.execute(f"SELECT {select_key}, id FROM customers_customer WHERE {lookup}", {"values": values})
-    return dict(cursor.fetchall()), created
+    return {**known, **dict(cursor.fetchall())}, created
 
 
 # --- API keys -------------------------------------------------------------------------------
