@@ -30,6 +30,8 @@ from customers.models import ChannelKind
 TEXT_FIELDS = ("external_id", "email", "phone", "first_name", "last_name", "locale", "timezone", "lifecycle_stage")
 DATE_FIELDS = ("created_at", "updated_at", "last_seen_at")
 BUILTIN_FIELDS = TEXT_FIELDS + DATE_FIELDS
+NOT_NULL_FIELDS = {"email", "phone", "first_name", "last_name", "locale", "timezone", "lifecycle_stage",
+                   "created_at", "updated_at"}
 
 COMPARE = {"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 TEXT_OPS = {"eq", "ne", "in", "not_in", "contains", "starts_with", "exists", "not_exists"}
@@ -382,11 +384,12 @@ def _like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _value_sql(sql: _Sql, expr_text: str, expr_json: str | None, cond: dict) -> str:
+def _value_sql(sql: _Sql, expr_text: str, expr_json: str | None, cond: dict, *, nullable: bool = True) -> str:
     """A boolean SQL condition for ``cond`` on a value.
 
     ``expr_text`` is the value as text (``c.email`` or ``c.attributes->>'plan'``);
-    ``expr_json`` the jsonb value for JSON sources (None for built-in columns).
+    ``expr_json`` the jsonb value for JSON sources (None for built-in columns);
+    ``nullable`` False for NOT NULL columns, whose conditions stay index-friendly.
     """
     op, kind, value = cond["op"], cond["type"], cond.get("value")
     if op in ("exists", "not_exists"):
@@ -419,7 +422,7 @@ def _value_sql(sql: _Sql, expr_text: str, expr_json: str | None, cond: dict) -> 
             return f"({stamp} < {sql.param(sql.now - timedelta(days=value))})"
         return f"({stamp} {COMPARE[op]} {sql.param(value)}::timestamptz)"
     # text
-    text = f"coalesce({expr_text}, '')"
+    text = f"coalesce({expr_text}, '')" if nullable else expr_text
     if op == "eq":
         return f"({text} = {sql.param(value)})"
     if op == "ne":
@@ -449,6 +452,9 @@ def _attr_sql(sql: _Sql, node: dict) -> str:
         # Keys are validated as identifiers, so they can be written into the SQL as literals;
         # placeholders here would repeat whenever the expression does.
         condition = _value_sql(sql, f"(c.attributes->>'{key}')", f"(c.attributes->'{key}')", node)
+    elif name in NOT_NULL_FIELDS:
+        # Never NULL, so no COALESCE: the planner then sees a plain column condition.
+        return _value_sql(sql, f"c.{name}", None, node, nullable=False)
     else:
         condition = _value_sql(sql, f"c.{name}", None, node)
     # A missing value makes a comparison NULL; under NOT that must still read as "false".
@@ -548,9 +554,66 @@ def compile_query(rules: dict, *, now: datetime, customer_ids: list[int] | None 
     With ``customer_ids`` the query considers only those customers (incremental updates).
     """
     sql = _Sql(now, customer_ids)
+    driver, rest = _driver(rules)
+    if driver is not None:
+        # Nothing reads the customer row itself: start from the table that selects the
+        # audience (subscriptions, events, a segment's members) instead of scanning every
+        # customer, as one would write it by hand.
+        source = _driver_sql(sql, driver)
+        where = " AND ".join(_node_sql(sql, node) for node in rest) or "TRUE"
+        return f"SELECT c.id FROM ({source}) c WHERE {where}", sql.params
     where = _node_sql(sql, rules)
     ids = _ids_filter(sql, "c.id")
     return f"SELECT c.id FROM customers_customer c WHERE {where}{ids}", sql.params
+
+
+def _reads_customer_row(node: dict) -> bool:
+    for kind in ("all", "any"):
+        if kind in node:
+            return any(_reads_customer_row(child) for child in node[kind])
+    if "not" in node:
+        return _reads_customer_row(node["not"])
+    return "attr" in node or "reachable" in node
+
+
+def _selects_customers(node: dict) -> bool:
+    """A leaf whose matches are exactly the customer ids of one subquery."""
+    if "subscribed" in node or "segment" in node:
+        return True
+    if "event" in node:
+        return not _compare(0, node["count"]["op"], node["count"]["value"])
+    return False
+
+
+def _driver(rules: dict) -> tuple[dict | None, list[dict]]:
+    """The leaf to start from (and the other conditions), when no rule reads the customer row."""
+    if _reads_customer_row(rules):
+        return None, []
+    children = rules["all"] if "all" in rules else [rules]
+    for child in children:
+        if _selects_customers(child):
+            return child, [other for other in children if other is not child]
+    return None, []
+
+
+def _driver_sql(sql: _Sql, node: dict) -> str:
+    """``SELECT <customer id> AS id …`` with one row per matching customer."""
+    if "subscribed" in node:
+        spec = node["subscribed"]
+        return (
+            f"SELECT s.customer_id AS id FROM customers_subscription s WHERE s.topic_id = {sql.param(spec['topic_id'])}"
+            f" AND s.channel = {sql.param(spec['channel'])} AND s.subscribed{_ids_filter(sql, 's.customer_id')}"
+        )
+    if "segment" in node:
+        return (
+            f"SELECT m.customer_id AS id FROM segments_segmentmembership m WHERE m.segment_id = "
+            f"{sql.param(node['segment'])}{_ids_filter(sql, 'm.customer_id')}"
+        )
+    op, n = node["count"]["op"], node["count"]["value"]
+    return (
+        f"SELECT e.customer_id AS id FROM customers_event e WHERE {_event_filter(sql, node)}"
+        f"{_ids_filter(sql, 'e.customer_id')} GROUP BY e.customer_id HAVING count(*) {COMPARE[op]} {n}"
+    )
 
 
 # --- Time windows -------------------------------------------------------------------------------
