@@ -2,10 +2,10 @@ import hashlib
 import secrets
 
 from django.conf import settings
-from django.contrib.postgres.indexes import BrinIndex, GinIndex
+from django.contrib.postgres.indexes import BrinIndex, GinIndex, OpClass
 from django.db import models
 from django.db.models import Q
-from django.db.models.functions import Lower
+from django.db.models.functions import Lower, Upper
 from django.utils import timezone as tz
 
 
@@ -22,8 +22,10 @@ class CustomerQuerySet(models.QuerySet):
         term = term.strip()
         if not term:
             return self
+        # Each branch matches an index (emails are stored lower-case; names have upper()
+        # pattern indexes), so PostgreSQL combines index scans instead of reading every row.
         query = (
-            Q(email__istartswith=term)
+            Q(email__startswith=term.lower())
             | Q(external_id=term)
             | Q(first_name__istartswith=term)
             | Q(last_name__istartswith=term)
@@ -33,6 +35,7 @@ class CustomerQuerySet(models.QuerySet):
             query |= Q(first_name__iexact=parts[0], last_name__istartswith=parts[1])
         digits = "".join(ch for ch in term if ch.isdigit())
         if len(digits) >= 4:
+            # Numbers are stored as E.164; people type them in many ways, so match the digits.
             query |= Q(phone__contains=digits)
         if term.isdigit():
             query |= Q(pk=int(term))
@@ -82,7 +85,9 @@ class Customer(models.Model):
         indexes = [
             models.Index(fields=["phone"], name="customer_phone_idx", condition=~Q(phone="")),
             models.Index(fields=["lifecycle_stage"], name="customer_stage_idx"),
-            models.Index(Lower("last_name"), Lower("first_name"), name="customer_name_idx"),
+            models.Index(fields=["email"], name="customer_email_prefix_idx", opclasses=["varchar_pattern_ops"]),
+            models.Index(OpClass(Upper("last_name"), name="text_pattern_ops"), name="customer_last_name_idx"),
+            models.Index(OpClass(Upper("first_name"), name="text_pattern_ops"), name="customer_first_name_idx"),
             GinIndex(fields=["attributes"], name="customer_attributes_gin", opclasses=["jsonb_path_ops"]),
         ]
         ordering = ["-id"]
