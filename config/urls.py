@@ -11,5 +11,6 @@ urlpatterns = [
     path("api/", api.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("customers/", include("customers.urls")),
+    path("segments/", include("segments.urls")),
     path("", include("dashboards.urls")),
 ]

@@ -20,7 +20,7 @@ from customers.models import Customer, Topic
 from customers.services import FieldError, InputError, audit
 
 from . import rules as rule_language
-from .models import Segment, SegmentMembership
+from .models import Segment, SegmentMembership, SegmentSize
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,19 @@ def segment_recompute(
         if update:
             Segment.objects.filter(pk=segment.pk).update(**update)
         size = update.get("member_count", segment.member_count)
+        if ids is None:
+            # A full computation is a point on the size chart, so a new segment has a trend at once.
+            SegmentSize.objects.create(segment_id=segment.pk, at=now, size=size)
     return MembershipChange(entered=entered, exited=exited, size=size)
+
+
+def segment_recompute_now(*, segment: Segment, actor: str) -> MembershipChange | None:
+    """A person asked for a full recomputation (it is recorded in the audit trail)."""
+    change = segment_recompute(segment_id=segment.pk)
+    if change is not None:
+        audit(actor=actor, action="segment.recomputed", object_type="segment", object_id=segment.pk,
+              details={"entered": change.entered, "exited": change.exited, "size": change.size})
+    return change
 
 
 def _in_dependency_order(start: set[int]) -> list[int]:
@@ -434,9 +446,9 @@ def static_members_change(
         changed = cursor.fetchone()[0]
         if changed:
             delta = changed if add else -changed
-            Segment.objects.filter(pk=segment.pk).update(
-                member_count=SegmentMembership.objects.filter(segment=segment).count(), changed_at=now
-            )
+            size = SegmentMembership.objects.filter(segment=segment).count()
+            Segment.objects.filter(pk=segment.pk).update(member_count=size, changed_at=now)
+            SegmentSize.objects.create(segment_id=segment.pk, at=now, size=size)
             audit(actor=actor, action="segment.members_added" if add else "segment.members_removed",
                   object_type="segment", object_id=segment.pk, details={"count": delta})
             dependents = [pk for pk in _in_dependency_order({segment.pk}) if pk != segment.pk]
