@@ -33,6 +33,7 @@ def main() -> int:
         env["DATABASE_URL"] = localdb.url(server)
     manage("migrate", "--noinput", env=env)
     manage("seed_demo", "--if-empty", env=env)
+    manage("seed_segments", "--if-empty", env=env)
 
     children = [
         subprocess.Popen(

@@ -228,3 +228,16 @@ def test_explain_shows_each_rule_with_its_deciding_value():
     assert (plan["passed"], plan["value"]) == (False, '"free"')
     assert (orders["passed"], orders["value"]) == (True, "1")
     assert plan["summary"] == "attributes.plan is one of pro, team"
+
+
+def test_demo_segments_load_once_through_the_services():
+    from django.core.management import call_command
+
+    call_command("seed_demo", customers=300)
+    call_command("seed_segments", "--if-empty")
+    names = set(Segment.objects.values_list("name", flat=True))
+    assert {"Re-engage", "Recent buyers", "Churn risk", "Beta testers"} <= names
+    assert all(s.member_count > 0 for s in Segment.objects.all())
+    assert Event.objects.filter(name="segment.entered").count() == sum(Segment.objects.values_list("member_count", flat=True))
+    call_command("seed_segments", "--if-empty")
+    assert Segment.objects.count() == len(names)
