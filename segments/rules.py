@@ -334,16 +334,21 @@ def validate(rules: Any, *, topics: dict[str, int], segment_ids: set[int], self_
     return normalised
 
 
+def leaves(node: dict):
+    """The conditions of a normalised tree, left to right, without the groups around them."""
+    if "all" in node or "any" in node:
+        for child in node.get("all") or node.get("any"):
+            yield from leaves(child)
+    elif "not" in node:
+        yield from leaves(node["not"])
+    else:
+        yield node
+
+
 def dependencies(rules: dict) -> Dependencies:
     deps = Dependencies()
-
-    def walk(node):
-        if "all" in node or "any" in node:
-            for child in node.get("all") or node.get("any"):
-                walk(child)
-        elif "not" in node:
-            walk(node["not"])
-        elif "attr" in node:
+    for node in leaves(rules):
+        if "attr" in node:
             deps.fields.add(node["attr"])
             if node["op"] in ("within_days", "before_days"):
                 deps.time_based = True
@@ -357,8 +362,6 @@ def dependencies(rules: dict) -> Dependencies:
             deps.reachability.add(node["reachable"])
         elif "segment" in node:
             deps.segments.add(node["segment"])
-
-    walk(rules)
     return deps
 
 
@@ -568,12 +571,7 @@ def compile_query(rules: dict, *, now: datetime, customer_ids: list[int] | None 
 
 
 def _reads_customer_row(node: dict) -> bool:
-    for kind in ("all", "any"):
-        if kind in node:
-            return any(_reads_customer_row(child) for child in node[kind])
-    if "not" in node:
-        return _reads_customer_row(node["not"])
-    return "attr" in node or "reachable" in node
+    return any("attr" in leaf or "reachable" in leaf for leaf in leaves(node))
 
 
 def _selects_customers(node: dict) -> bool:
@@ -634,15 +632,8 @@ def window_crossings_query(rules: dict, *, since: datetime, now: datetime) -> tu
     def edges(days) -> tuple[str, str]:
         return sql.param(since - timedelta(days=days)), sql.param(now - timedelta(days=days))
 
-    def walk(node):
-        for kind in ("all", "any"):
-            if kind in node:
-                for child in node[kind]:
-                    walk(child)
-                return
-        if "not" in node:
-            walk(node["not"])
-        elif "event" in node:
+    for node in leaves(rules):
+        if "event" in node:
             # Any event of that name crossing an edge is enough to re-evaluate the customer;
             # the recomputation itself applies the rest of the rule exactly.
             moments = [("e.occurred_at", node["within_days"])] if "within_days" in node else []
@@ -670,7 +661,6 @@ def window_crossings_query(rules: dict, *, since: datetime, now: datetime) -> tu
                     f"SELECT c.id FROM customers_customer c WHERE {value} > {sql.param(since)} AND {value} <= {sql.param(now)}"
                 )
 
-    walk(rules)
     if not parts:
         return None
     return " UNION ".join(parts), sql.params
@@ -716,25 +706,14 @@ def explain_query(rules: dict, *, customer_id: int, now: datetime) -> tuple[str,
 
     Returns (sql, params, leaves): the row holds ``passed, value`` for each leaf in order.
     """
-    leaves: list[dict] = []
-
-    def collect(node):
-        if "all" in node or "any" in node:
-            for child in node.get("all") or node.get("any"):
-                collect(child)
-        elif "not" in node:
-            collect(node["not"])
-        else:
-            leaves.append(node)
-
-    collect(rules)
+    conditions = list(leaves(rules))
     sql = _Sql(now, [customer_id])
     columns = []
-    for leaf in leaves:
+    for leaf in conditions:
         columns.append(f"{_node_sql(sql, leaf)}")
         columns.append(_leaf_value_sql(sql, leaf))
     query = f"SELECT {', '.join(columns)} FROM customers_customer c WHERE c.id = {sql.param(customer_id)}"
-    return query, sql.params, leaves
+    return query, sql.params, conditions
 
 
 def explain_tree(rules: dict, leaf_results: list[tuple[bool, str | None]]) -> dict:

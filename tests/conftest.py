@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from customers import services
@@ -98,3 +100,57 @@ def channel_layer_on_test_database(django_db_setup, django_db_blocker):
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
+
+
+# --- Headless Chromium (browser tests) ---------------------------------------------------------
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def _is_console_error(message) -> bool:
+    # Refused input answers 422 with the form and its errors, by design; the browser logs it.
+    return message.type == "error" and "status of 422" not in message.text
+
+
+@pytest.fixture
+def page(monkeypatch):
+    """A page in the system Chromium (never a downloaded browser); fails the test on any JS error."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium") or shutil.which("chromium-browser") or os.environ.get("CHROMIUM_PATH")
+    if not executable:
+        pytest.fail("Chromium is needed for the browser tests: run `make chromium` or set CHROMIUM_PATH.")
+    # Playwright's sync API keeps an event loop running in this thread; the ORM calls the
+    # test makes between browser steps are still plain synchronous code.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1440, "height": 1000})
+        context.set_default_timeout(10_000)
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda message: errors.append(message.text) if _is_console_error(message) else None)
+        yield page
+        browser.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def shots(tmp_path):
+    """Where browser tests save screenshots: SCREENSHOT_DIR, or the test's temporary directory."""
+    from pathlib import Path
+
+    directory = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory

@@ -5,7 +5,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from customers.models import ApiKey, Consent, ConsentState, Customer, Device, Event, Subscription
+from customers.models import ApiKey, Consent, ConsentState, Customer, Event, Subscription
 from customers.services import api_key_revoke
 from tests.factories import CustomerFactory, EventFactory
 
@@ -326,7 +326,7 @@ def test_timeline_pages_newest_first_without_gaps_or_repeats(api, customer):
     base = timezone.now()
     for n in range(25):
         # Several events share a timestamp: the cursor must still be exact.
-        EventFactory(customer=customer, name=f"page_viewed", occurred_at=base - timedelta(seconds=n // 3))
+        EventFactory(customer=customer, name="page_viewed", occurred_at=base - timedelta(seconds=n // 3))
     seen, cursor = [], None
     while True:
         params = {"limit": 10, **({"cursor": cursor} if cursor else {})}

@@ -138,7 +138,7 @@ def test_profile_subscription_and_consent_changes_apply_in_real_time():
 
 
 def test_segments_of_segments_follow_in_order():
-    customer = CustomerFactory(external_id="c", lifecycle_stage="lead")
+    CustomerFactory(external_id="c", lifecycle_stage="lead")
     experts = services.segment_create(name="Experts", rules={"attr": "lifecycle_stage", "op": "eq", "value": "expert"}, actor="t")
     not_experts = services.segment_create(name="Not experts", rules={"not": {"segment": experts.pk}}, actor="t")
     assert members(not_experts) == {"c"}

@@ -6,7 +6,6 @@ from datetime import timezone as dt_timezone
 
 import pytest
 from django.db import connection
-from django.utils import timezone
 
 from customers.models import ChannelStatus, ConsentState, Consent, Customer, Device, Event, Subscription
 from segments import rules as rl
@@ -265,20 +264,11 @@ def random_tree(rng, world, depth=0):
     return {kind: [random_tree(rng, world, depth + 1) for _ in range(rng.randint(1, 3))]}
 
 
-def leaves(rule):
-    for kind in ("all", "any"):
-        if kind in rule:
-            return [leaf for child in rule[kind] for leaf in leaves(child)]
-    if "not" in rule:
-        return leaves(rule["not"])
-    return [rule]
-
-
 def disagreements(rule, reference, world):
     """The leaves on which the two evaluations differ, to make a failure readable."""
     return [
         (leaf, sorted(compiled_audience(leaf, world) ^ reference.audience(leaf))[:5])
-        for leaf in leaves(rule)
+        for leaf in rl.leaves(rule)
         if compiled_audience(leaf, world) != reference.audience(leaf)
     ] or rule
 
