@@ -63,7 +63,7 @@ class BigTableAdmin(admin.ModelAdmin):
     show_full_result_count = False
 
 
-class ReadOnlyAdmin(BigTableAdmin):
+class ReadOnlyMixin:
     """Viewable history: nobody adds, changes or deletes it from the admin."""
 
     def has_add_permission(self, request, obj=None) -> bool:
@@ -76,19 +76,14 @@ class ReadOnlyAdmin(BigTableAdmin):
         return False
 
 
-class ReadOnlyInline(admin.TabularInline):
+class ReadOnlyAdmin(ReadOnlyMixin, BigTableAdmin):
+    pass
+
+
+class ReadOnlyInline(ReadOnlyMixin, admin.TabularInline):
     extra = 0
     can_delete = False
     show_change_link = True
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 def _actor(request) -> str:

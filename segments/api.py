@@ -10,7 +10,6 @@ from pydantic import ConfigDict, model_validator
 from customers.auth import api_actor
 from customers.models import Customer
 from customers.schemas import ErrorOut
-from customers.services import FieldError, InputError
 
 from . import queries, services
 from . import rules as rule_language
@@ -131,10 +130,6 @@ def _segment(segment_id: int) -> Segment:
     return segment
 
 
-def _rules_error(exc: rule_language.RuleError) -> InputError:
-    return InputError([FieldError(e["path"], e["message"]) for e in exc.errors], "The rules are not valid; nothing was saved.")
-
-
 @router.post("/segments", response={201: SegmentOut, **ERRORS}, summary="Create a segment")
 def segment_create(request, payload: SegmentIn):
     """A dynamic segment is computed at once and kept up to date as customers change."""
@@ -176,7 +171,7 @@ def segment_preview(request, payload: PreviewIn):
     try:
         preview = queries.segment_preview(payload.rules)
     except rule_language.RuleError as exc:
-        raise _rules_error(exc) from None
+        raise services.rule_input_error(exc) from None
     return {"count": preview.count, "sample": preview.sample}
 
 

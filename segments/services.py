@@ -62,7 +62,7 @@ def _path_to(graph: dict[int, set[int]], start: int, goal: int) -> list[int] | N
     return None
 
 
-def _rule_input_error(exc: rule_language.RuleError) -> InputError:
+def rule_input_error(exc: rule_language.RuleError) -> InputError:
     return InputError([FieldError(e["path"], e["message"]) for e in exc.errors], "The rules are not valid; nothing was saved.")
 
 
@@ -92,7 +92,7 @@ def segment_create(
         try:
             compiled, deps = _prepare(rules, self_id=None)
         except rule_language.RuleError as exc:
-            raise _rule_input_error(exc) from None
+            raise rule_input_error(exc) from None
     with transaction.atomic():
         segment = Segment.objects.create(
             name=name, description=description, kind=Segment.Kind.STATIC if static else Segment.Kind.DYNAMIC,
@@ -108,8 +108,13 @@ def segment_create(
 def segment_update(
     *, segment: Segment, actor: str, name: str | None = None, rules: dict | None = None, description: str | None = None
 ) -> Segment:
-    """Rename, describe, or change the rules of a segment (then recompute it and its dependents)."""
+    """Rename, describe, or change the rules of a segment.
+
+    Rules that mean something new recompute the segment and its dependents; rules that
+    normalise to the current ones (reordered keys, a re-saved form) recompute nothing.
+    """
     fields = {}
+    recompute = False
     if name is not None:
         fields["name"] = _check_name(name, exclude=segment.pk)
     if description is not None:
@@ -120,13 +125,16 @@ def segment_update(
         try:
             compiled, deps = _prepare(rules, self_id=segment.pk)
         except rule_language.RuleError as exc:
-            raise _rule_input_error(exc) from None
-        fields.update(rules=rules, compiled=compiled, dependencies=deps.as_dict())
+            raise rule_input_error(exc) from None
+        fields["rules"] = rules
+        if compiled != segment.compiled:
+            fields.update(compiled=compiled, dependencies=deps.as_dict())
+            recompute = True
     with transaction.atomic():
         Segment.objects.filter(pk=segment.pk).update(**fields, updated_at=timezone.now())
         audit(actor=actor, action="segment.updated", object_type="segment", object_id=segment.pk,
               details={key: value for key, value in fields.items() if key in ("name", "rules", "description")})
-        if rules is not None:
+        if recompute:
             for pk in _in_dependency_order({segment.pk}):
                 segment_recompute(segment_id=pk)
     segment.refresh_from_db()
@@ -245,9 +253,16 @@ def segment_recompute_now(*, segment: Segment, actor: str) -> MembershipChange |
     return change
 
 
-def _in_dependency_order(start: set[int]) -> list[int]:
-    """``start`` and every dynamic segment that depends on them, dependencies first."""
-    rows = dict(Segment.objects.filter(kind=Segment.Kind.DYNAMIC).values_list("pk", "dependencies"))
+def _dynamic_dependencies() -> dict[int, dict]:
+    return dict(Segment.objects.filter(kind=Segment.Kind.DYNAMIC).values_list("pk", "dependencies"))
+
+
+def _in_dependency_order(start: set[int], rows: dict[int, dict] | None = None) -> list[int]:
+    """``start`` and every dynamic segment that depends on them, dependencies first.
+
+    ``rows`` (segment id → dependencies of every dynamic segment) saves a query when the
+    caller has them already."""
+    rows = _dynamic_dependencies() if rows is None else rows
     uses = {pk: set(deps.get("segments", ())) for pk, deps in rows.items()}
     wanted = set(start)  # a static segment can be a seed: dynamic ones may depend on it
     grew = True
@@ -283,7 +298,8 @@ def segments_affected(*, event_names: set[str] = frozenset(), fields: set[str] =
     """
     affected = set()
     reach_fields = {"consent", "devices", "channel_status", "email", "phone"}
-    for pk, data in Segment.objects.filter(kind=Segment.Kind.DYNAMIC).values_list("pk", "dependencies"):
+    rows = _dynamic_dependencies()
+    for pk, data in rows.items():
         deps = rule_language.Dependencies.from_dict(data)
         if (
             created
@@ -293,7 +309,7 @@ def segments_affected(*, event_names: set[str] = frozenset(), fields: set[str] =
             or (deps.reachability and reach_fields & set(fields))
         ):
             affected.add(pk)
-    return _in_dependency_order(affected) if affected else []
+    return _in_dependency_order(affected, rows) if affected else []
 
 
 def segments_refresh_for(*, customer_ids: set[int], segment_ids: list[int]) -> None:

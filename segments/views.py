@@ -201,15 +201,16 @@ def segment_edit(request, segment_id: int):
     if request.method == "POST":
         if form.is_valid():
             data = form.cleaned_data
-            rules = data["rules"] if segment.is_dynamic and not _same_rules(data["rules"], segment) else None
+            before = segment.compiled
             try:
                 services.segment_update(
-                    segment=segment, actor=_actor(request), name=data["name"], description=data["description"], rules=rules
+                    segment=segment, actor=_actor(request), name=data["name"], description=data["description"],
+                    rules=data["rules"] if segment.is_dynamic else None,
                 )
             except InputError as exc:
                 form.add_service_errors(exc)
             else:
-                if rules is not None:
+                if segment.compiled != before:
                     messages.success(request, f"Rules saved; “{segment.name}” now has {_members(segment.member_count)}.")
                 else:
                     messages.success(request, f"“{segment.name}” saved.")
@@ -217,16 +218,6 @@ def segment_edit(request, segment_id: int):
         _check_rules_too(form)
         return _builder_page(request, form, segment=segment, status=422)
     return _builder_page(request, form, segment=segment)
-
-
-def _same_rules(rules, segment: Segment) -> bool:
-    """True when ``rules`` mean what the segment's rules already mean (no recomputation needed)."""
-    if rules == segment.rules:
-        return True
-    try:
-        return queries.compile_for_preview(rules) == segment.compiled
-    except rule_language.RuleError:
-        return False
 
 
 @role_required(MARKETER)

@@ -241,3 +241,14 @@ def test_demo_segments_load_once_through_the_services():
     assert Event.objects.filter(name="segment.entered").count() == sum(Segment.objects.values_list("member_count", flat=True))
     call_command("seed_segments", "--if-empty")
     assert Segment.objects.count() == len(names)
+
+
+def test_saving_rules_that_mean_the_same_recomputes_nothing():
+    CustomerFactory(external_id="e", lifecycle_stage="expert")
+    rules = {"attr": "lifecycle_stage", "op": "eq", "value": "expert"}
+    segment = services.segment_create(name="Experts", rules=rules, actor="t")
+    computed_at = segment.computed_at
+    same = {"value": "expert", "op": "eq", "attr": "lifecycle_stage"}
+    services.segment_update(segment=segment, rules=same, actor="t")
+    assert segment.computed_at == computed_at
+    assert Event.objects.filter(name="segment.entered").count() == 1
