@@ -3,3 +3,6 @@ from django.apps import AppConfig
 
 class CampaignsConfig(AppConfig):
     name = "campaigns"
+
+    def ready(self) -> None:
+        from . import receivers  # noqa: F401  (attributes conversions as goal events arrive)

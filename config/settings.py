@@ -200,6 +200,58 @@ WHITENOISE_AUTOREFRESH = DEBUG
 
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Switchboard <hello@localhost>")
 
+
+def _quiet_hours(value: str):
+    from datetime import time
+
+    try:
+        start, end = (time.fromisoformat(part.strip()) for part in value.split("-"))
+    except ValueError:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(f"QUIET_HOURS must look like 08:00-21:00 (the allowed local hours), not {value!r}")
+    return start, end
+
+
+# Which provider each channel uses (see campaigns/providers/__init__.py for the choices).
+PROVIDERS = {
+    "email": os.environ.get("EMAIL_PROVIDER", "sandbox"),
+    "sms": os.environ.get("SMS_PROVIDER", "sandbox"),
+    "whatsapp": os.environ.get("WHATSAPP_PROVIDER", "sandbox"),
+    "voice": os.environ.get("VOICE_PROVIDER", "sandbox"),
+    "push": os.environ.get("PUSH_PROVIDER", "sandbox"),
+}
+# The demo plays delivery, opens, clicks and conversions for sandbox sends.
+SANDBOX_SIMULATE = env_bool("SANDBOX_SIMULATE", default=False)
+
+# The send policy (campaigns/policy.py).
+FREQUENCY_CAP_MESSAGES = int(os.environ.get("FREQUENCY_CAP_MESSAGES", "3"))
+FREQUENCY_CAP_HOURS = int(os.environ.get("FREQUENCY_CAP_HOURS", "24"))
+QUIET_HOURS = _quiet_hours(os.environ.get("QUIET_HOURS", "08:00-21:00"))
+
+# The dispatcher (campaigns/dispatch.py).
+DELIVERY_BATCH_SIZE = int(os.environ.get("DELIVERY_BATCH_SIZE", "500"))
+DELIVERY_CONCURRENCY = int(os.environ.get("DELIVERY_CONCURRENCY", "16"))
+# A delivery claimed longer ago than this by a worker that never finished is settled again.
+DELIVERY_LEASE_SECONDS = int(os.environ.get("DELIVERY_LEASE_SECONDS", "60"))
+DELIVERY_MAX_ATTEMPTS = int(os.environ.get("DELIVERY_MAX_ATTEMPTS", "5"))
+
+# Twilio (or a Twilio-compatible API) for SMS, WhatsApp and voice.
+TWILIO_ACCOUNT_SID = os.environ.get("TWILIO_ACCOUNT_SID", "")
+TWILIO_AUTH_TOKEN = os.environ.get("TWILIO_AUTH_TOKEN", "")
+TWILIO_API_BASE = os.environ.get("TWILIO_API_BASE", "https://api.twilio.com").rstrip("/")
+TWILIO_SMS_FROM = os.environ.get("TWILIO_SMS_FROM", "")
+TWILIO_WHATSAPP_FROM = os.environ.get("TWILIO_WHATSAPP_FROM", "")
+TWILIO_VOICE_FROM = os.environ.get("TWILIO_VOICE_FROM", "")
+TWILIO_MESSAGING_SERVICE_SID = os.environ.get("TWILIO_MESSAGING_SERVICE_SID", "")
+
+# Push: FCM HTTP v1 (service-account JSON file) and Web Push (VAPID).
+FCM_CREDENTIALS_FILE = os.environ.get("FCM_CREDENTIALS_FILE", "")
+FCM_PROJECT_ID = os.environ.get("FCM_PROJECT_ID", "")
+VAPID_PRIVATE_KEY = os.environ.get("VAPID_PRIVATE_KEY", "")
+VAPID_PUBLIC_KEY = os.environ.get("VAPID_PUBLIC_KEY", "")
+VAPID_SUBJECT = os.environ.get("VAPID_SUBJECT", "mailto:" + DEFAULT_FROM_EMAIL.split("<")[-1].rstrip(">"))
+
 # --- API ----------------------------------------------------------------------------------
 
 API_MAX_BATCH = 1000

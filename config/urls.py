@@ -12,5 +12,7 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("customers/", include("customers.urls")),
     path("segments/", include("segments.urls")),
+    path("campaigns/", include("campaigns.urls")),
+    path("", include("campaigns.tracking_urls")),
     path("", include("dashboards.urls")),
 ]

@@ -361,6 +361,75 @@ def subscription_set(
     return bool(changed)
 
 
+def subscriptions_change(
+    *, customer: Customer, changes: list[dict], source: str, actor: str, reason: str = ""
+) -> bool:
+    """Set several cells of one customer's preference matrix at once ({topic, channel, subscribed})."""
+    topics = {t.key: t for t in Topic.objects.filter(key__in={c["topic"] for c in changes})}
+    unknown = sorted({c["topic"] for c in changes} - set(topics))
+    if unknown:
+        raise InputError([FieldError("topic", _unknown_topic_message(unknown[0]))])
+    with transaction.atomic():
+        Customer.objects.select_for_update().filter(pk=customer.pk).first()
+        changed = _subscriptions_apply(
+            [(customer, [{**c, "source": source} for c in changes])], topics=topics, source=source, actor=actor,
+            now=timezone.now(), reason=reason,
+        )
+        if changed:
+            audit(actor=actor, action="subscription.changed", object_type="customer", object_id=customer.pk,
+                  details={"changes": changes, "reason": reason})
+            _on_commit_send(signals.customers_changed, customer_ids=changed, fields={"subscriptions"}, created=False)
+    return bool(changed)
+
+
+# --- Channel status (delivery feedback) --------------------------------------------------------
+
+
+def channel_status_set(*, customer_ids: set[int], channel: str, status: str, reason: str, source: str) -> set[int]:
+    """Mark customers' addresses on ``channel``: bounced, complained, unsubscribed, or ok again.
+
+    Set-based; writes a ``customer.channel_status`` timeline event for each real change and
+    returns the ids of the customers whose status changed.
+    """
+    if not customer_ids:
+        return set()
+    now = timezone.now()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            """
+            WITH old AS (
+                SELECT c.id AS customer_id, coalesce(cs.status, 'ok') AS status
+                FROM customers_customer c
+                LEFT JOIN customers_channelstatus cs ON cs.customer_id = c.id AND cs.channel = %(channel)s
+                WHERE c.id = ANY(%(ids)s)
+            ),
+            up AS (
+                INSERT INTO customers_channelstatus (customer_id, channel, status, reason, updated_at)
+                SELECT customer_id, %(channel)s, %(status)s, %(reason)s, %(now)s FROM old WHERE status <> %(status)s
+                ON CONFLICT (customer_id, channel)
+                DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason, updated_at = EXCLUDED.updated_at
+                RETURNING customer_id
+            ),
+            timeline AS (
+                INSERT INTO customers_event
+                    (customer_id, name, category, channel, properties, occurred_at, received_at, source, actor)
+                SELECT old.customer_id, 'customer.channel_status', 'profile', %(channel)s,
+                       jsonb_build_object('channel', %(channel)s, 'status', %(status)s, 'previous', old.status,
+                                          'reason', %(reason)s),
+                       %(now)s, %(now)s, %(source)s, ''
+                FROM old JOIN up ON up.customer_id = old.customer_id
+            )
+            SELECT customer_id FROM up
+            """,
+            {"ids": sorted(customer_ids), "channel": channel, "status": status, "reason": reason[:1000],
+             "now": now, "source": source},
+        )
+        changed = {row[0] for row in cursor.fetchall()}
+        if changed:
+            _on_commit_send(signals.customers_changed, customer_ids=changed, fields={"channel_status"}, created=False)
+    return changed
+
+
 # --- Consent ------------------------------------------------------------------------------
 
 

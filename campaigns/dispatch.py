@@ -1,0 +1,388 @@
+"""The dispatcher: claim due deliveries, re-check the policy, render, send, record.
+
+Exactly-once, as far as a provider allows it:
+
+- A batch is claimed with ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)`` and
+  committed as ``sending`` with a lease *before* any provider is called, so two workers
+  never hold the same delivery.
+- Outcomes are recorded with ``WHERE status = 'sending'``: a worker that outlived its lease
+  cannot overwrite what another worker settled.
+- A delivery still ``sending`` after its lease expired belonged to a worker that died
+  mid-batch. Before it is sent again, its provider is asked whether it already accepted it
+  (``Provider.lookup``: the sandbox by delivery id, Twilio by recipient, body and time);
+  if so it is recorded as sent with that id, otherwise it is sent. Providers that cannot
+  answer (SMTP, push) get the same idempotency key again (Message-ID, push collapse key),
+  which makes a resend at-least-once, limited to the messages in flight at the crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from . import render
+from .outbox import run_transitions, transitions_sql
+from .policy import RECENT_SQL, ZONES_SQL, PolicySettings, defer_sql, joins_sql, local_zone_sql, reason_sql
+from .providers import OutgoingMessage, SendResult, provider_for
+
+logger = logging.getLogger(__name__)
+
+CHANGED_COLUMNS = "d.id, d.customer_id, d.campaign_id, d.journey_id, d.channel, d.variant_id"
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=settings.DELIVERY_LEASE_SECONDS)
+
+
+# --- Claiming ----------------------------------------------------------------------------------
+
+
+def claim(*, limit: int, now: datetime) -> list[int]:
+    """Claim up to ``limit`` due deliveries for this worker; committed before returning."""
+    lease_until = now + _lease()
+    ids: list[int] = []
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Throttled campaigns first, each within what is left of its per-minute allowance.
+        cursor.execute(
+            """
+            SELECT c.id, c.throttle_per_minute - (
+                SELECT count(*) FROM campaigns_delivery d
+                WHERE d.campaign_id = c.id AND (d.sent_at > %s - interval '1 minute' OR d.status = 'sending'))
+            FROM campaigns_campaign c
+            WHERE c.status IN ('sending', 'testing') AND c.throttle_per_minute IS NOT NULL
+            """,
+            [now],
+        )
+        allowances = [(campaign_id, left) for campaign_id, left in cursor.fetchall() if left > 0]
+        for campaign_id, left in allowances:
+            if len(ids) >= limit:
+                break
+            cursor.execute(
+                """
+                UPDATE campaigns_delivery d SET status = 'sending', lease_until = %s, attempts = d.attempts + 1,
+                       updated_at = %s
+                WHERE d.id IN (
+                    SELECT id FROM campaigns_delivery
+                    WHERE status = 'planned' AND due_at <= %s AND campaign_id = %s
+                    ORDER BY due_at LIMIT %s FOR UPDATE SKIP LOCKED)
+                RETURNING d.id
+                """,
+                [lease_until, now, now, campaign_id, min(left, limit - len(ids))],
+            )
+            ids += [row[0] for row in cursor.fetchall()]
+        if len(ids) < limit:
+            cursor.execute(
+                """
+                UPDATE campaigns_delivery d SET status = 'sending', lease_until = %(lease)s,
+                       attempts = d.attempts + 1, updated_at = %(now)s
+                WHERE d.id IN (
+                    SELECT q.id FROM campaigns_delivery q
+                    LEFT JOIN campaigns_campaign c ON c.id = q.campaign_id
+                    WHERE q.status = 'planned' AND q.due_at <= %(now)s
+                      AND (q.campaign_id IS NULL
+                           OR (c.status IN ('sending', 'testing') AND c.throttle_per_minute IS NULL))
+                    ORDER BY q.due_at LIMIT %(limit)s
+                    FOR UPDATE OF q SKIP LOCKED)
+                RETURNING d.id
+                """,
+                {"lease": lease_until, "now": now, "limit": limit - len(ids)},
+            )
+            ids += [row[0] for row in cursor.fetchall()]
+    return ids
+
+
+def claim_expired(*, limit: int, now: datetime) -> list[int]:
+    """Take over deliveries whose worker died while sending them (their lease expired)."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE campaigns_delivery d SET lease_until = %(lease)s, updated_at = %(now)s
+            WHERE d.id IN (
+                SELECT id FROM campaigns_delivery
+                WHERE status = 'sending' AND lease_until < %(now)s
+                ORDER BY lease_until LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+            RETURNING d.id
+            """,
+            {"lease": now + _lease(), "now": now, "limit": limit},
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+# --- The policy, again, just before sending ---------------------------------------------------
+
+
+def recheck(ids: list[int], *, now: datetime) -> list[int]:
+    """Apply the send policy to claimed deliveries as things stand now.
+
+    Suppresses what may no longer be sent (an unsubscribe since launch, the frequency cap
+    counting what was sent meanwhile), puts back what quiet hours now forbid, and returns
+    the ids still to send.
+    """
+    if not ids:
+        return []
+    params = {**PolicySettings.current().params(), "now": now, "ids": ids}
+    judged = f"""
+        WITH {ZONES_SQL}, {RECENT_SQL},
+        cand AS (
+            SELECT d.id, d.customer_id, d.channel, d.topic_id,
+                   row_number() OVER (PARTITION BY d.customer_id ORDER BY d.id) - 1 AS earlier
+            FROM campaigns_delivery d WHERE d.id = ANY(%(ids)s) AND d.status = 'sending'
+        )
+        SELECT cand.id, {reason_sql(cap_counts="(coalesce(recent.sent, 0) + cand.earlier)")} AS reason,
+               CASE WHEN t.is_transactional THEN %(now)s ELSE {defer_sql("%(now)s", local_zone_sql())} END AS due
+        FROM cand {joins_sql()}
+        LEFT JOIN recent ON recent.customer_id = cand.customer_id
+    """
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS dispatch_judged (id bigint, reason text, due timestamptz)")
+        cursor.execute("TRUNCATE dispatch_judged")
+        cursor.execute(f"INSERT INTO dispatch_judged {judged}", params)
+        cursor.execute(
+            """
+            UPDATE campaigns_delivery d SET status = 'planned', due_at = j.due, lease_until = NULL,
+                   attempts = d.attempts - 1, updated_at = %s
+            FROM dispatch_judged j WHERE d.id = j.id AND j.reason IS NULL AND j.due > %s AND d.status = 'sending'
+            """,
+            [now, now],
+        )
+        run_transitions(
+            transitions_sql(
+                f"""
+                UPDATE campaigns_delivery d SET status = 'suppressed', reason = j.reason, lease_until = NULL,
+                       updated_at = %(now)s
+                FROM dispatch_judged j WHERE d.id = j.id AND j.reason IS NOT NULL AND d.status = 'sending'
+                RETURNING {CHANGED_COLUMNS}, 'suppressed.' || j.reason AS metric, %(now)s::timestamptz AS at,
+                          j.reason AS reason
+                """
+            ),
+            {"now": now},
+        )
+        cursor.execute("SELECT id FROM dispatch_judged WHERE reason IS NULL AND due <= %s ORDER BY id", [now])
+        return [row[0] for row in cursor.fetchall()]
+
+
+# --- Building messages --------------------------------------------------------------------------
+
+
+def _json(value):
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def build(ids: list[int]) -> tuple[list[OutgoingMessage], list[SendResult]]:
+    """Render the claimed deliveries; a delivery that cannot be rendered fails permanently."""
+    if not ids:
+        return [], []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT d.id, d.customer_id, d.channel, d.variant_id, d.payload, ct.body, t.is_transactional,
+                   c.external_id, c.email, c.phone, c.first_name, c.last_name, c.locale, c.timezone,
+                   c.lifecycle_stage, c.attributes, d.updated_at
+            FROM campaigns_delivery d
+            JOIN customers_customer c ON c.id = d.customer_id
+            JOIN customers_topic t ON t.id = d.topic_id
+            LEFT JOIN campaigns_content ct ON ct.variant_id = d.variant_id AND ct.channel = d.channel
+            WHERE d.id = ANY(%s) ORDER BY d.id
+            """,
+            [ids],
+        )
+        rows = cursor.fetchall()
+        push_customers = [row[1] for row in rows if row[2] == "push"]
+        devices = defaultdict(list)
+        if push_customers:
+            cursor.execute(
+                "SELECT customer_id, id, kind, token FROM customers_device WHERE customer_id = ANY(%s) ORDER BY id",
+                [push_customers],
+            )
+            for customer_id, device_id, kind, token in cursor.fetchall():
+                devices[customer_id].append((device_id, kind, token))
+
+    compiled: dict = {}
+    messages, failures, pending_email = [], [], []
+    for (delivery_id, customer_id, channel, variant_id, payload, content_body, transactional,
+         external_id, email, phone, first_name, last_name, locale, tz_name, stage, attributes, claimed_at) in rows:
+        # Django's cursor hands jsonb back as text.
+        content_body, payload, attributes = (_json(content_body), _json(payload), _json(attributes))
+        body = content_body if content_body is not None else (payload or {}).get(channel)
+        key = (variant_id, channel) if content_body is not None else json.dumps(body, sort_keys=True)
+        try:
+            if body is None:
+                raise render.TemplateProblem("content", f"no {channel} content")
+            if key not in compiled:
+                compiled[key] = render.compile_content(channel, body)
+            links = render.message_links(delivery_id=delivery_id, customer_id=customer_id)
+            customer = {
+                "id": customer_id, "external_id": external_id, "email": email, "phone": phone,
+                "first_name": first_name, "last_name": last_name, "locale": locale, "timezone": tz_name,
+                "lifecycle_stage": stage, "attributes": attributes,
+            }
+            content = compiled[key].render(render.customer_context(customer, links=links))
+        except Exception as exc:
+            failures.append(SendResult(delivery_id, False, error=f"content could not be rendered: {exc}", permanent=True))
+            continue
+        marketing = not transactional
+        to = {"email": email, "push": str(customer_id)}.get(channel, phone)
+        if channel in ("sms", "whatsapp") and marketing and "STOP" not in content.get("body", "").upper():
+            content["body"] = (content.get("body", "") + "\nReply STOP to opt out").strip()
+        message = OutgoingMessage(
+            delivery_id=delivery_id, customer_id=customer_id, channel=channel, to=to, content=content,
+            idempotency_key=f"switchboard-delivery-{delivery_id}", devices=devices.get(customer_id, []),
+            marketing=marketing, claimed_at=claimed_at,
+        )
+        if channel == "email":
+            pending_email.append((message, links))
+        if channel == "push" and not message.devices:
+            failures.append(SendResult(delivery_id, False, error="no push device left", permanent=True))
+            continue
+        messages.append(message)
+    if pending_email:
+        urls = {url for message, _ in pending_email for url in render.links_in(message.content.get("html", ""))}
+        link_ids = render.links_store(urls)
+        for message, links in pending_email:
+            message.content = render.email_finish(
+                message.content, delivery_id=message.delivery_id, link_ids=link_ids, links=links,
+                marketing=message.marketing,
+            )
+            message.headers = message.content.pop("headers", {})
+    return messages, failures
+
+
+# --- Recording outcomes -----------------------------------------------------------------------
+
+
+def _backoff(attempts: int, retry_after: float | None) -> timedelta:
+    seconds = max(retry_after or 0, min(30 * 2 ** max(attempts - 1, 0), 3600))
+    return timedelta(seconds=seconds)
+
+
+def record(results: list[SendResult], *, provider_names: dict[int, str], now: datetime) -> dict[str, int]:
+    """Record provider outcomes for deliveries still ``sending``; returns counts by outcome."""
+    sent = [
+        {"id": r.delivery_id, "provider": provider_names.get(r.delivery_id, ""), "pid": r.provider_message_id}
+        for r in results if r.ok
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, attempts FROM campaigns_delivery WHERE id = ANY(%s)",
+            [[r.delivery_id for r in results if not r.ok]],
+        )
+        attempts = dict(cursor.fetchall())
+    failed, retry = [], []
+    for r in results:
+        if r.ok:
+            continue
+        tries = attempts.get(r.delivery_id, 1)
+        if r.permanent or tries >= settings.DELIVERY_MAX_ATTEMPTS:
+            reason = r.error if r.permanent else f"gave up after {tries} attempts: {r.error}"
+            failed.append({"id": r.delivery_id, "reason": reason[:255], "provider": provider_names.get(r.delivery_id, "")})
+        else:
+            retry.append({"id": r.delivery_id, "reason": r.error[:255], "due": (now + _backoff(tries, r.retry_after)).isoformat()})
+    dead = sorted({device for r in results for device in r.dead_devices})
+    with transaction.atomic():
+        if sent:
+            run_transitions(
+                transitions_sql(
+                    f"""
+                    UPDATE campaigns_delivery d SET status = 'sent', sent_at = %(now)s, provider = r.provider,
+                           provider_message_id = r.pid, lease_until = NULL, reason = '', updated_at = %(now)s
+                    FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(id bigint, provider text, pid text)
+                    WHERE d.id = r.id AND d.status = 'sending'
+                    RETURNING {CHANGED_COLUMNS}, 'sent'::text AS metric, %(now)s::timestamptz AS at, ''::text AS reason
+                    """
+                ),
+                {"now": now, "rows": json.dumps(sent)},
+            )
+        if failed:
+            run_transitions(
+                transitions_sql(
+                    f"""
+                    UPDATE campaigns_delivery d SET status = 'failed', failed_at = %(now)s, reason = r.reason,
+                           provider = r.provider, lease_until = NULL, updated_at = %(now)s
+                    FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(id bigint, reason text, provider text)
+                    WHERE d.id = r.id AND d.status = 'sending'
+                    RETURNING {CHANGED_COLUMNS}, 'failed'::text AS metric, %(now)s::timestamptz AS at, r.reason
+                    """
+                ),
+                {"now": now, "rows": json.dumps(failed)},
+            )
+        if retry:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    """
+                    UPDATE campaigns_delivery d SET status = 'planned', due_at = r.due, reason = r.reason,
+                           lease_until = NULL, updated_at = %s
+                    FROM jsonb_to_recordset(%s::jsonb) AS r(id bigint, reason text, due timestamptz)
+                    WHERE d.id = r.id AND d.status = 'sending'
+                    """,
+                    [now, json.dumps(retry)],
+                )
+        if dead:
+            with connection.cursor() as cursor:
+                cursor.execute("DELETE FROM customers_device WHERE id = ANY(%s)", [dead])
+    return {"sent": len(sent), "failed": len(failed), "retry": len(retry)}
+
+
+# --- The loop -----------------------------------------------------------------------------------
+
+
+def _send(messages: list[OutgoingMessage], *, settle: bool) -> tuple[list[SendResult], dict[int, str]]:
+    """Send ``messages`` grouped by channel; with ``settle``, first ask providers what they already have."""
+    results: list[SendResult] = []
+    provider_names: dict[int, str] = {}
+    by_channel = defaultdict(list)
+    for message in messages:
+        by_channel[message.channel].append(message)
+    for channel, group in by_channel.items():
+        provider = provider_for(channel)
+        try:
+            for message in group:
+                provider_names[message.delivery_id] = provider.name
+            if settle and provider.supports_lookup:
+                already = provider.lookup(group)
+                results += [SendResult(d, True, provider_message_id=pid) for d, pid in already.items()]
+                group = [m for m in group if m.delivery_id not in already]
+            if group:
+                try:
+                    results += provider.send_batch(group)
+                except Exception as exc:  # a provider bug or outage: retry later, never lose the rows
+                    logger.exception("%s provider failed on a batch of %d", provider.name, len(group))
+                    results += [SendResult(m.delivery_id, False, error=f"provider error: {exc}") for m in group]
+        finally:
+            provider.close()
+    return results, provider_names
+
+
+def process(ids: list[int], *, settle: bool = False, now: datetime | None = None) -> dict[str, int]:
+    """Re-check, render, send and record claimed deliveries."""
+    now = now or timezone.now()
+    ids = recheck(ids, now=now)
+    messages, failures = build(ids)
+    results, provider_names = _send(messages, settle=settle)
+    return record(failures + results, provider_names=provider_names, now=timezone.now())
+
+
+def dispatch(*, budget_seconds: float = 50, batch_size: int | None = None) -> dict[str, int]:
+    """Send what is due until nothing is left or the time budget is spent. Safe to run in parallel."""
+    batch_size = batch_size or settings.DELIVERY_BATCH_SIZE
+    started = time.monotonic()
+    totals = defaultdict(int)
+    while time.monotonic() - started < budget_seconds:
+        now = timezone.now()
+        expired = claim_expired(limit=batch_size, now=now)
+        if expired:
+            for key, value in process(expired, settle=True, now=now).items():
+                totals[key] += value
+            continue
+        ids = claim(limit=batch_size, now=now)
+        if not ids:
+            break
+        for key, value in process(ids, now=now).items():
+            totals[key] += value
+    return dict(totals)

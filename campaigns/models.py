@@ -1,0 +1,293 @@
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from customers.models import ChannelKind, Customer, Topic
+from segments.models import Segment
+
+
+class Campaign(models.Model):
+    """One message to an audience, on the channels each customer allows."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        SCHEDULED = "scheduled", "Scheduled"
+        SENDING = "sending", "Sending"
+        TESTING = "testing", "Testing (waiting for a winner)"
+        PAUSED = "paused", "Paused"
+        COMPLETED = "completed", "Completed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Strategy(models.TextChoices):
+        ALL = "all", "Every allowed channel"
+        PREFERRED = "preferred", "One preferred channel per customer"
+
+    class Schedule(models.TextChoices):
+        NOW = "now", "As soon as it is launched"
+        AT = "at", "At a time"
+        LOCAL = "local", "At a time in each recipient's own timezone"
+
+    class TestMetric(models.TextChoices):
+        OPEN = "open", "Open rate"
+        CLICK = "click", "Click rate"
+        CONVERSION = "conversion", "Conversion rate"
+
+    name = models.CharField(max_length=200)
+    topic = models.ForeignKey(Topic, on_delete=models.PROTECT, related_name="campaigns")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    segments = models.ManyToManyField(Segment, related_name="campaigns", blank=True)
+    exclude_segments = models.ManyToManyField(Segment, related_name="excluded_from_campaigns", blank=True)
+    # In the marketer's order: this is also the fallback order of the "preferred" strategy.
+    channels = ArrayField(models.CharField(max_length=16, choices=ChannelKind.choices), default=list)
+    strategy = models.CharField(max_length=16, choices=Strategy.choices, default=Strategy.ALL)
+
+    schedule = models.CharField(max_length=8, choices=Schedule.choices, default=Schedule.NOW)
+    send_at = models.DateTimeField(null=True, blank=True, help_text="For 'at a time'")
+    send_at_local = models.DateTimeField(
+        null=True, blank=True,
+        help_text="For 'recipient's timezone': the wall-clock date and time, read in each customer's timezone",
+    )
+    throttle_per_minute = models.PositiveIntegerField(null=True, blank=True)
+
+    goal_event = models.CharField(max_length=128, blank=True, default="")
+    goal_within_hours = models.PositiveIntegerField(default=72)
+
+    # Staged send: a test phase to test_percent of the audience, then the winner to the rest.
+    test_percent = models.PositiveSmallIntegerField(null=True, blank=True)
+    test_metric = models.CharField(max_length=16, choices=TestMetric.choices, default=TestMetric.CLICK)
+    test_hours = models.PositiveIntegerField(null=True, blank=True, help_text="Pick the winner by itself after this")
+    test_channels = models.BooleanField(
+        default=False, help_text="Split customers without a channel preference across channels in the test phase"
+    )
+    winner_variant = models.ForeignKey("Variant", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    winner_channel = models.CharField(max_length=16, choices=ChannelKind.choices, blank=True, default="")
+    winner_decided_at = models.DateTimeField(null=True, blank=True)
+
+    starts_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When the audience snapshot is taken and sending starts"
+    )
+    audience_size = models.PositiveIntegerField(default=0, editable=False)
+    launched_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_staged(self) -> bool:
+        return bool(self.test_percent)
+
+    @property
+    def is_editable(self) -> bool:
+        return self.status == self.Status.DRAFT
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in {self.Status.SCHEDULED, self.Status.SENDING, self.Status.TESTING}
+
+
+class Variant(models.Model):
+    """One version of a campaign's content (A, B, …), sent to a share of the audience by weight."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="variants")
+    key = models.CharField(max_length=8, help_text="A, B, C …")
+    name = models.CharField(max_length=120, blank=True, default="")
+    weight = models.PositiveSmallIntegerField(default=1)
+
+    class Meta:
+        ordering = ["campaign", "key"]
+        constraints = [models.UniqueConstraint(fields=["campaign", "key"], name="variant_key_unique")]
+
+    def __str__(self) -> str:
+        return f"Variant {self.key}" + (f" ({self.name})" if self.name else "")
+
+
+class Content(models.Model):
+    """What one variant says on one channel. ``body`` keys depend on the channel:
+
+    email: subject, preheader, html, text · sms: body · whatsapp: template, variables ·
+    voice: text · push: title, body, link
+    """
+
+    variant = models.ForeignKey(Variant, on_delete=models.CASCADE, related_name="contents")
+    channel = models.CharField(max_length=16, choices=ChannelKind.choices)
+    body = models.JSONField(default=dict)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["variant", "channel"], name="content_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.variant} on {self.channel}"
+
+
+class DeliveryStatus(models.TextChoices):
+    PLANNED = "planned", "Planned"
+    HELD = "held", "Held for the winner"
+    SENDING = "sending", "Sending"
+    SENT = "sent", "Sent"
+    DELIVERED = "delivered", "Delivered"
+    OPENED = "opened", "Opened"
+    CLICKED = "clicked", "Clicked"
+    CONVERTED = "converted", "Converted"
+    SUPPRESSED = "suppressed", "Suppressed"
+    FAILED = "failed", "Failed"
+    BOUNCED = "bounced", "Bounced"
+    COMPLAINED = "complained", "Complained"
+    UNSUBSCRIBED = "unsubscribed", "Unsubscribed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class SuppressionReason(models.TextChoices):
+    NOT_SUBSCRIBED = "not_subscribed", "Not subscribed to the topic on this channel"
+    CONSENT_REVOKED = "consent_revoked", "Consent revoked"
+    NO_ADDRESS = "no_address", "No address for this channel"
+    BOUNCED = "bounced", "Address bounced"
+    COMPLAINED = "complained", "Complained"
+    UNSUBSCRIBED = "unsubscribed", "Unsubscribed from the channel"
+    FREQUENCY_CAP = "frequency_cap", "Frequency cap reached"
+    NO_CONTENT = "no_content", "No content for this channel"
+    EXCLUDED = "excluded", "In an exclusion segment"
+
+
+class Delivery(models.Model):
+    """The outbox: one message to one customer on one channel.
+
+    Written before anything is sent; its status only moves forward. The unique key per
+    (campaign, customer, channel) makes relaunching, retried tasks and crash recovery
+    unable to create a second delivery.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    campaign = models.ForeignKey(Campaign, null=True, blank=True, on_delete=models.CASCADE, related_name="deliveries")
+    variant = models.ForeignKey(Variant, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Journeys write their deliveries here too; journeys depend on campaigns, not the reverse.
+    journey_id = models.BigIntegerField(null=True, blank=True)
+    journey_step = models.CharField(max_length=64, blank=True, default="", db_default="")
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="deliveries", db_index=False)
+    topic = models.ForeignKey(Topic, on_delete=models.PROTECT, related_name="+")
+    channel = models.CharField(max_length=16, choices=ChannelKind.choices)
+    status = models.CharField(
+        max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PLANNED, db_default=DeliveryStatus.PLANNED
+    )
+    reason = models.CharField(max_length=255, blank=True, default="", db_default="", help_text="Why suppressed or failed")
+    # Content for sends that have no campaign variant (one-off API messages, journey steps).
+    payload = models.JSONField(null=True, blank=True)
+    test_group = models.BooleanField(default=False, db_default=False, help_text="Sent in the test phase of a staged send")
+    routed_by = models.CharField(
+        max_length=16, blank=True, default="", db_default="",
+        help_text="How the channel was chosen: explicit, engagement, fallback, test, winner",
+    )
+    due_at = models.DateTimeField(default=timezone.now, db_default=Now(), help_text="Not sent before this moment")
+    lease_until = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0, db_default=0)
+    provider = models.CharField(max_length=32, blank=True, default="", db_default="")
+    provider_message_id = models.CharField(max_length=255, blank=True, default="", db_default="")
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_default=Now())
+    sent_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    clicked_at = models.DateTimeField(null=True, blank=True)
+    converted_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now, db_default=Now())
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["campaign", "customer", "channel"],
+                condition=Q(campaign__isnull=False),
+                name="delivery_campaign_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["idempotency_key"], condition=Q(idempotency_key__isnull=False), name="delivery_idempotency_unique"
+            ),
+        ]
+        indexes = [
+            # The dispatcher's queue: only rows still to be sent.
+            models.Index(fields=["due_at"], name="delivery_queue_idx", condition=Q(status="planned")),
+            models.Index(fields=["lease_until"], name="delivery_inflight_idx", condition=Q(status="sending")),
+            models.Index(fields=["customer", "-created_at"], name="delivery_customer_idx"),
+            # The frequency cap counts recent sends.
+            models.Index(fields=["sent_at"], name="delivery_sent_idx", condition=Q(sent_at__isnull=False)),
+            models.Index(fields=["provider", "provider_message_id"], name="delivery_provider_id_idx",
+                         condition=~Q(provider_message_id="")),
+        ]
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"Delivery {self.pk} ({self.channel}, {self.status})"
+
+
+class Counter(models.Model):
+    """Per-minute metric counters that dashboards read: a handful of rows, never a count(*).
+
+    ``campaign_id``, ``journey_id`` and ``variant_id`` are 0 when not applicable, so the
+    unique key works for upserts without NULL semantics.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    campaign_id = models.BigIntegerField(default=0)
+    journey_id = models.BigIntegerField(default=0)
+    channel = models.CharField(max_length=16, choices=ChannelKind.choices)
+    variant_id = models.BigIntegerField(default=0)
+    metric = models.CharField(max_length=48, help_text="planned, sent, delivered, … or suppressed.<reason>")
+    minute = models.DateTimeField()
+    value = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["campaign_id", "journey_id", "channel", "variant_id", "metric", "minute"], name="counter_unique"
+            ),
+        ]
+        indexes = [models.Index(fields=["minute"], name="counter_minute_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.channel} @ {self.minute:%H:%M}: {self.value}"
+
+
+class Link(models.Model):
+    """A click destination, stored server-side so tracked links cannot redirect anywhere else."""
+
+    url = models.URLField(max_length=2000)
+    url_hash = models.CharField(max_length=64, unique=True)
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class TrackingReceipt(models.Model):
+    """Dedupe for engagement: one row per (delivery, kind[, link]) or per provider event id."""
+
+    key = models.CharField(max_length=255, primary_key=True)
+    received_at = models.DateTimeField(default=timezone.now)
+
+
+class SandboxMessage(models.Model):
+    """What the sandbox provider would have sent: viewable in the UI, and the record that
+    lets a crashed send be settled without sending twice."""
+
+    id = models.BigAutoField(primary_key=True)
+    delivery_id = models.BigIntegerField(unique=True)
+    channel = models.CharField(max_length=16, choices=ChannelKind.choices)
+    to = models.CharField(max_length=2000)
+    rendered = models.JSONField(default=dict)
+    sent_at = models.DateTimeField(default=timezone.now)
+    simulated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["sent_at"], name="sandbox_pending_idx", condition=Q(simulated_at__isnull=True))]

@@ -1,0 +1,252 @@
+"""The Delivery outbox: writing an audience snapshot, and every status change after it.
+
+Every status change goes through :func:`transitions_sql`, which updates the Delivery rows,
+writes one ``message.*`` timeline event per change and bumps the per-minute counters, in
+one statement. Callers publish ``campaigns.signals.counters_changed`` after commit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime
+
+from django.db import connection, transaction
+
+from . import signals
+from .models import Campaign
+from .policy import RECENT_SQL, ZONES_SQL, PolicySettings, defer_sql, joins_sql, local_zone_sql, reason_sql
+
+# Forward order of the positive statuses; negative outcomes are terminal.
+RANK_SQL = """CASE {0} WHEN 'planned' THEN 0 WHEN 'held' THEN 0 WHEN 'sending' THEN 1 WHEN 'sent' THEN 2
+    WHEN 'delivered' THEN 3 WHEN 'opened' THEN 4 WHEN 'clicked' THEN 5 WHEN 'converted' THEN 6 ELSE 10 END"""
+
+
+def _rank(expr: str) -> str:
+    return RANK_SQL.format(expr)
+
+
+def transitions_sql(changed: str, *, ctes: str = "") -> str:
+    """Wrap ``changed``, a CTE body yielding (id, customer_id, campaign_id, journey_id, channel,
+    variant_id, metric, at, reason), with the timeline events and counter upserts.
+
+    ``ctes`` are extra common table expressions placed before it (data-modifying ones must
+    sit at the top level of the statement). The statement returns one row per
+    (campaign_id, journey_id) touched with its count.
+    The timeline events are keyed by delivery and metric, so a change applied twice lands
+    on the timeline once.
+    """
+    prefix = f"{ctes}," if ctes else ""
+    return f"""
+    WITH {prefix} changed AS ({changed}),
+    timeline AS (
+        INSERT INTO customers_event
+            (customer_id, name, category, channel, properties, occurred_at, received_at, source, idempotency_key, actor)
+        SELECT ch.customer_id, 'message.' || split_part(ch.metric, '.', 1), 'message', ch.channel,
+               jsonb_strip_nulls(jsonb_build_object(
+                   'delivery_id', ch.id, 'campaign_id', ch.campaign_id, 'journey_id', ch.journey_id,
+                   'variant', v.key, 'campaign', cp.name, 'reason', nullif(ch.reason, ''))),
+               ch.at, now(), 'delivery', ch.id || ':' || ch.metric, ''
+        FROM changed ch
+        LEFT JOIN campaigns_variant v ON v.id = ch.variant_id
+        LEFT JOIN campaigns_campaign cp ON cp.id = ch.campaign_id
+        ON CONFLICT DO NOTHING
+    ),
+    bump AS (
+        INSERT INTO campaigns_counter (campaign_id, journey_id, channel, variant_id, metric, minute, value)
+        SELECT coalesce(campaign_id, 0), coalesce(journey_id, 0), channel, coalesce(variant_id, 0), metric,
+               date_trunc('minute', at), count(*)
+        FROM changed GROUP BY 1, 2, 3, 4, 5, 6
+        ON CONFLICT (campaign_id, journey_id, channel, variant_id, metric, minute)
+        DO UPDATE SET value = campaigns_counter.value + EXCLUDED.value
+    )
+    SELECT coalesce(campaign_id, 0), coalesce(journey_id, 0), count(*) FROM changed GROUP BY 1, 2
+    """
+
+
+def run_transitions(sql: str, params: dict | list) -> int:
+    """Execute a :func:`transitions_sql` statement; publish the touched dashboards after commit."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    publish_after_commit(rows)
+    return sum(row[2] for row in rows)
+
+
+def publish_after_commit(rows: Iterable[tuple]) -> None:
+    campaign_ids = {row[0] for row in rows if row[0]}
+    journey_ids = {row[1] for row in rows if row[1]}
+    if rows:
+        transaction.on_commit(
+            lambda: signals.counters_changed.send(sender=Campaign, campaign_ids=campaign_ids, journey_ids=journey_ids),
+            robust=True,
+        )
+
+
+# --- Launch: the audience snapshot --------------------------------------------------------
+
+
+def _bucket(salt: str, modulo: int) -> str:
+    return f"(abs(hashtext(%(campaign_id)s::text || '{salt}' || a.customer_id::text)::bigint) %% {modulo})"
+
+
+def snapshot_sql(campaign: Campaign, *, variants: list[tuple[int, int]], test_share: int | None) -> tuple[str, dict]:
+    """The one INSERT … SELECT that writes a campaign's Delivery rows, with routing and policy.
+
+    ``variants`` is [(variant id, weight)]; ``test_share`` the staged test's percentage.
+    """
+    policy = PolicySettings.current()
+    channels = list(campaign.channels)
+    total = sum(weight for _, weight in variants)
+    # Weighted variant choice, by a stable hash of (campaign, customer).
+    cases, upper = [], 0
+    for variant_id, weight in variants:
+        upper += weight
+        cases.append(f"WHEN {_bucket(':v:', total)} < {upper} THEN {int(variant_id)}")
+    variant_expr = f"CASE {' '.join(cases)} END"
+    staged = bool(test_share)
+    in_test = f"({_bucket(':t:', 100)} < %(test_share)s)" if staged else "true"
+    if campaign.schedule == Campaign.Schedule.LOCAL and campaign.send_at_local:
+        # The same wall-clock time in each customer's zone; already past there means now.
+        base = "greatest(%(now)s::timestamptz, %(send_at_local)s::timestamp AT TIME ZONE j.zone)"
+    else:
+        base = "%(start)s::timestamptz"
+    params = {
+        **policy.params(),
+        "campaign_id": campaign.pk,
+        "topic_id": campaign.topic_id,
+        "channels": channels,
+        "segments": list(campaign.segments.values_list("pk", flat=True)),
+        "excluded": list(campaign.exclude_segments.values_list("pk", flat=True)),
+        "test_share": test_share or 0,
+        "now": None,  # set by the caller
+        "start": None,
+        "send_at_local": campaign.send_at_local.replace(tzinfo=None) if campaign.send_at_local else None,
+    }
+    if campaign.strategy == Campaign.Strategy.ALL:
+        pick = "WHERE true"
+        routed = "'all'"
+        chosen_channel = "j.channel"
+    else:
+        # One channel per customer: an explicit subscription, else engagement, else fallback
+        # order; in a channel test, customers without an explicit choice are split at random.
+        pick = "WHERE j.choice = 1"
+        routed = "j.routed_by"
+        chosen_channel = "j.channel"
+    test_channels = staged and campaign.test_channels and campaign.strategy == Campaign.Strategy.PREFERRED
+    split = f"abs(hashtext(%(campaign_id)s::text || ':c:' || cand.customer_id::text || cand.channel)::bigint)"
+    sql = f"""
+    WITH {ZONES_SQL}, {RECENT_SQL},
+    audience AS (
+        SELECT DISTINCT m.customer_id FROM segments_segmentmembership m WHERE m.segment_id = ANY(%(segments)s)
+        EXCEPT
+        SELECT m.customer_id FROM segments_segmentmembership m WHERE m.segment_id = ANY(%(excluded)s)
+    ),
+    engaged AS (
+        SELECT d.customer_id, d.channel, count(d.opened_at) + count(d.clicked_at) AS score
+        FROM campaigns_delivery d
+        WHERE d.opened_at IS NOT NULL AND d.created_at > %(now)s - interval '180 days'
+        GROUP BY 1, 2
+    ),
+    cand AS (
+        SELECT a.customer_id, ch.channel, ch.pos, %(topic_id)s::bigint AS topic_id, {in_test} AS in_test,
+               {variant_expr} AS variant_id
+        FROM audience a CROSS JOIN unnest(%(channels)s::text[]) WITH ORDINALITY AS ch(channel, pos)
+    ),
+    judged AS (
+        SELECT cand.*, {reason_sql(cap_counts="recent.sent")} AS reason, sub.subscribed IS TRUE AS explicit,
+               coalesce(e.score, 0) AS score, t.is_transactional, {local_zone_sql()} AS zone
+        FROM cand {joins_sql()}
+        LEFT JOIN recent ON recent.customer_id = cand.customer_id
+        LEFT JOIN engaged e ON e.customer_id = cand.customer_id AND e.channel = cand.channel
+    ),
+    ranked AS (
+        SELECT judged.*,
+               count(*) FILTER (WHERE explicit AND reason IS NULL) OVER w AS explicit_ok,
+               count(*) FILTER (WHERE reason IS NULL) OVER w AS ok
+        FROM judged WINDOW w AS (PARTITION BY customer_id)
+    ),
+    j AS (
+        SELECT cand.*,
+               CASE WHEN cand.reason IS NOT NULL THEN 'fallback'
+                    WHEN cand.explicit_ok = 1 AND cand.explicit THEN 'explicit'
+                    WHEN {'cand.in_test AND cand.explicit_ok = 0 AND cand.ok > 1' if test_channels else 'false'} THEN 'test'
+                    WHEN cand.score > 0 THEN 'engagement'
+                    ELSE 'fallback' END AS routed_by,
+               row_number() OVER (
+                   PARTITION BY cand.customer_id
+                   ORDER BY cand.reason IS NULL DESC, cand.explicit DESC,
+                            {f'CASE WHEN cand.in_test AND cand.explicit_ok = 0 THEN {split} END' if test_channels else 'NULL'},
+                            cand.score DESC, cand.pos
+               ) AS choice
+        FROM ranked cand
+    ),
+    ins AS (
+        INSERT INTO campaigns_delivery
+            (campaign_id, variant_id, customer_id, topic_id, channel, status, reason, test_group, routed_by, due_at)
+        SELECT %(campaign_id)s, CASE WHEN j.in_test THEN j.variant_id END, j.customer_id, j.topic_id, {chosen_channel},
+               CASE WHEN j.reason IS NOT NULL THEN 'suppressed' WHEN j.in_test THEN 'planned' ELSE 'held' END,
+               coalesce(j.reason, ''), {'j.in_test' if staged else 'false'}, {routed},
+               CASE WHEN j.is_transactional THEN {base}
+                    ELSE {defer_sql(base, 'j.zone')} END
+        FROM j {pick}
+        ON CONFLICT (campaign_id, customer_id, channel) WHERE campaign_id IS NOT NULL DO NOTHING
+        RETURNING id, customer_id, channel, variant_id, status, reason
+    ),
+    bump AS (
+        INSERT INTO campaigns_counter (campaign_id, journey_id, channel, variant_id, metric, minute, value)
+        SELECT %(campaign_id)s, 0, channel, coalesce(variant_id, 0),
+               CASE WHEN status = 'suppressed' THEN 'suppressed.' || reason ELSE 'planned' END,
+               date_trunc('minute', %(now)s::timestamptz), count(*)
+        FROM ins GROUP BY 3, 4, 5
+        ON CONFLICT (campaign_id, journey_id, channel, variant_id, metric, minute)
+        DO UPDATE SET value = campaigns_counter.value + EXCLUDED.value
+    )
+    SELECT count(*), count(DISTINCT customer_id), count(*) FILTER (WHERE status <> 'suppressed') FROM ins
+    """
+    return sql, params
+
+
+def snapshot_write(campaign: Campaign, *, now: datetime, start: datetime) -> tuple[int, int, int]:
+    """Write the Delivery rows for ``campaign`` (call holding its row lock).
+
+    Returns (rows written, customers, rows to send). Safe to run twice: existing rows are kept.
+    """
+    variants = list(campaign.variants.order_by("key").values_list("pk", "weight"))
+    sql, params = snapshot_sql(campaign, variants=variants, test_share=campaign.test_percent)
+    params.update(now=now, start=start)
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL work_mem = '64MB'")
+        cursor.execute(sql, params)
+        written, customers, to_send = cursor.fetchone()
+    publish_after_commit([(campaign.pk, 0, written)])
+    return written, customers, to_send
+
+
+def predicted(campaign: Campaign, *, now: datetime) -> dict:
+    """What a launch would write now, without writing: rows per channel and suppressions by reason."""
+    variants = list(campaign.variants.order_by("key").values_list("pk", "weight")) or [(0, 1)]
+    sql, params = snapshot_sql(campaign, variants=variants, test_share=campaign.test_percent)
+    params.update(now=now, start=now)
+    select = sql.split("    ins AS (")[0].rstrip().rstrip(",")
+    pick = "WHERE j.choice = 1" if campaign.strategy == Campaign.Strategy.PREFERRED else ""
+    select += f"""
+    SELECT j.channel, coalesce(j.reason, ''), count(*) FROM j {pick} GROUP BY 1, 2
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(select, params)
+        rows = cursor.fetchall()
+    result: dict = {"channels": {}, "suppressed": {}, "to_send": 0}
+    for channel, reason, count in rows:
+        per = result["channels"].setdefault(channel, {"send": 0, "suppressed": 0})
+        if reason:
+            per["suppressed"] += count
+            result["suppressed"][reason] = result["suppressed"].get(reason, 0) + count
+        else:
+            per["send"] += count
+            result["to_send"] += count
+    return result
+
+
+def json_rows(rows: list[dict]) -> str:
+    return json.dumps(rows, default=str)

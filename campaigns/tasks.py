@@ -1,0 +1,25 @@
+"""django-q2 entry points: thin, take ids, safe to run twice (the outbox row is the unit of work)."""
+
+from . import dispatch as dispatcher
+from . import services
+
+
+def dispatch() -> dict:
+    return dispatcher.dispatch()
+
+
+def tick() -> dict:
+    """Every minute: start scheduled campaigns, finish done ones, release due winners, then send."""
+    result = services.campaigns_tick()
+    result["dispatch"] = dispatcher.dispatch(budget_seconds=40)
+    return result
+
+
+def attribute_conversions(customer_ids: list[int], names: list[str]) -> int:
+    return services.conversions_attribute(customer_ids=set(customer_ids), names=set(names))
+
+
+def simulate() -> dict:
+    from . import simulation
+
+    return simulation.simulate()
