@@ -26,6 +26,8 @@ def manage(*args: str, env: dict) -> None:
 def main() -> int:
     env = dict(os.environ)
     env.setdefault("DEBUG", "1")
+    # The demo plays opens, clicks and conversions for what the sandbox providers "send".
+    env.setdefault("SANDBOX_SIMULATE", "1")
     server = None
     if not env.get("DATABASE_URL"):
         print("Starting the embedded PostgreSQL in .data/pg …", flush=True)
@@ -34,6 +36,7 @@ def main() -> int:
     manage("migrate", "--noinput", env=env)
     manage("seed_demo", "--if-empty", env=env)
     manage("seed_segments", "--if-empty", env=env)
+    manage("seed_campaigns", "--if-empty", env=env)
 
     children = [
         subprocess.Popen(

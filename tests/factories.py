@@ -63,3 +63,13 @@ class EventFactory(factory.django.DjangoModelFactory):
     properties = factory.LazyFunction(lambda: {"total": 42})
     occurred_at = factory.LazyFunction(timezone.now)
     source = "api"
+
+
+class DeviceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "customers.Device"
+
+    customer = factory.SubFactory(CustomerFactory)
+    kind = "fcm"
+    token = factory.Sequence(lambda n: f"fcm-token-{n:06d}")
+    platform = "android"
