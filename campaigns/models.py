@@ -232,31 +232,43 @@ class Delivery(models.Model):
 
 
 class Counter(models.Model):
-    """Per-minute metric counters that dashboards read: a handful of rows, never a count(*).
+    """Metric counters that dashboards read: a handful of rows, never a count(*).
+
+    Three grains, all kept by the same upsert as deliveries change state:
+
+    - ``total``: per campaign or journey × channel × variant × metric (funnels, API counts)
+    - ``minute``: per campaign or journey × channel × metric and minute (time series)
+    - ``day``: per channel × metric and day, across everything (the overview)
 
     ``campaign_id``, ``journey_id`` and ``variant_id`` are 0 when not applicable, so the
     unique key works for upserts without NULL semantics.
     """
 
+    class Grain(models.TextChoices):
+        TOTAL = "total", "Total"
+        MINUTE = "minute", "Minute"
+        DAY = "day", "Day"
+
     id = models.BigAutoField(primary_key=True)
+    grain = models.CharField(max_length=8, choices=Grain.choices)
+    bucket = models.DateTimeField(help_text="Start of the minute or day; the epoch for totals")
     campaign_id = models.BigIntegerField(default=0)
     journey_id = models.BigIntegerField(default=0)
     channel = models.CharField(max_length=16, choices=ChannelKind.choices)
     variant_id = models.BigIntegerField(default=0)
     metric = models.CharField(max_length=48, help_text="planned, sent, delivered, … or suppressed.<reason>")
-    minute = models.DateTimeField()
     value = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["campaign_id", "journey_id", "channel", "variant_id", "metric", "minute"], name="counter_unique"
+                fields=["grain", "campaign_id", "journey_id", "bucket", "channel", "variant_id", "metric"],
+                name="counter_unique",
             ),
         ]
-        indexes = [models.Index(fields=["minute"], name="counter_minute_idx")]
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.channel} @ {self.minute:%H:%M}: {self.value}"
+        return f"{self.grain} {self.metric} {self.channel} @ {self.bucket:%Y-%m-%d %H:%M}: {self.value}"
 
 
 class Link(models.Model):

@@ -26,6 +26,33 @@ def _rank(expr: str) -> str:
     return RANK_SQL.format(expr)
 
 
+def bump_ctes(source: str) -> str:
+    """CTEs that upsert the three counter grains from ``source``, a query yielding
+    (campaign_id, journey_id, channel, variant_id, metric, at, n) with 0 for "none".
+
+    Rows are upserted in key order, so concurrent workers queue instead of deadlocking.
+    """
+    return f"""
+    bump_src AS ({source}),
+    bump_grains AS (
+        SELECT 'total' AS grain, timestamptz 'epoch' AS bucket, campaign_id, journey_id, channel, variant_id, metric, n
+        FROM bump_src WHERE campaign_id <> 0 OR journey_id <> 0
+        UNION ALL
+        SELECT 'minute', date_trunc('minute', at), campaign_id, journey_id, channel, 0, metric, n
+        FROM bump_src WHERE campaign_id <> 0 OR journey_id <> 0
+        UNION ALL
+        SELECT 'day', date_trunc('day', at), 0, 0, channel, 0, metric, n FROM bump_src
+    ),
+    bump AS (
+    INSERT INTO campaigns_counter (grain, bucket, campaign_id, journey_id, channel, variant_id, metric, value)
+    SELECT grain, bucket, campaign_id, journey_id, channel, variant_id, metric, sum(n)
+    FROM bump_grains GROUP BY 1, 2, 3, 4, 5, 6, 7
+    ORDER BY 1, 2, 3, 4, 5, 6, 7
+    ON CONFLICT (grain, campaign_id, journey_id, bucket, channel, variant_id, metric)
+    DO UPDATE SET value = campaigns_counter.value + EXCLUDED.value
+    )"""
+
+
 def transitions_sql(changed: str, *, ctes: str = "") -> str:
     """Wrap ``changed``, a CTE body yielding (id, customer_id, campaign_id, journey_id, channel,
     variant_id, metric, at, reason), with the timeline events and counter upserts.
@@ -52,14 +79,7 @@ def transitions_sql(changed: str, *, ctes: str = "") -> str:
         LEFT JOIN campaigns_campaign cp ON cp.id = ch.campaign_id
         ON CONFLICT DO NOTHING
     ),
-    bump AS (
-        INSERT INTO campaigns_counter (campaign_id, journey_id, channel, variant_id, metric, minute, value)
-        SELECT coalesce(campaign_id, 0), coalesce(journey_id, 0), channel, coalesce(variant_id, 0), metric,
-               date_trunc('minute', at), count(*)
-        FROM changed GROUP BY 1, 2, 3, 4, 5, 6
-        ON CONFLICT (campaign_id, journey_id, channel, variant_id, metric, minute)
-        DO UPDATE SET value = campaigns_counter.value + EXCLUDED.value
-    )
+    {bump_ctes("SELECT coalesce(campaign_id, 0) AS campaign_id, coalesce(journey_id, 0) AS journey_id, channel, coalesce(variant_id, 0) AS variant_id, metric, at, 1 AS n FROM changed")}
     SELECT coalesce(campaign_id, 0), coalesce(journey_id, 0), count(*) FROM changed GROUP BY 1, 2
     """
 
@@ -193,15 +213,10 @@ def snapshot_sql(campaign: Campaign, *, variants: list[tuple[int, int]], test_sh
         ON CONFLICT (campaign_id, customer_id, channel) WHERE campaign_id IS NOT NULL DO NOTHING
         RETURNING id, customer_id, channel, variant_id, status, reason
     ),
-    bump AS (
-        INSERT INTO campaigns_counter (campaign_id, journey_id, channel, variant_id, metric, minute, value)
-        SELECT %(campaign_id)s, 0, channel, coalesce(variant_id, 0),
-               CASE WHEN status = 'suppressed' THEN 'suppressed.' || reason ELSE 'planned' END,
-               date_trunc('minute', %(now)s::timestamptz), count(*)
-        FROM ins GROUP BY 3, 4, 5
-        ON CONFLICT (campaign_id, journey_id, channel, variant_id, metric, minute)
-        DO UPDATE SET value = campaigns_counter.value + EXCLUDED.value
-    )
+    {bump_ctes("""SELECT %(campaign_id)s::bigint AS campaign_id, 0::bigint AS journey_id, channel,
+        coalesce(variant_id, 0) AS variant_id,
+        CASE WHEN status = 'suppressed' THEN 'suppressed.' || reason ELSE 'planned' END AS metric,
+        %(now)s::timestamptz AS at, 1 AS n FROM ins""")}
     SELECT count(*), count(DISTINCT customer_id), count(*) FILTER (WHERE status <> 'suppressed') FROM ins
     """
     return sql, params

@@ -59,7 +59,7 @@ class Results:
 def campaign_results(campaign_ids: list[int]) -> dict[int, Results]:
     """Totals per campaign from the counters: one grouped query over a handful of rows each."""
     rows = (
-        Counter.objects.filter(campaign_id__in=campaign_ids)
+        Counter.objects.filter(grain=Counter.Grain.TOTAL, campaign_id__in=campaign_ids, journey_id=0)
         .values("campaign_id", "channel", "variant_id", "metric")
         .annotate(total=Sum("value"))
     )
@@ -172,7 +172,7 @@ def staged_results(campaign: Campaign) -> StagedResults:
     """Test-phase results by variant and by channel, on the campaign's test metric."""
     success, base = TEST_RATES[campaign.test_metric]
     rows = (
-        Counter.objects.filter(campaign_id=campaign.pk, metric__in=[success, base])
+        Counter.objects.filter(grain=Counter.Grain.TOTAL, campaign_id=campaign.pk, metric__in=[success, base])
         .values("variant_id", "channel", "metric")
         .annotate(total=Sum("value"))
     )

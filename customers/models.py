@@ -310,6 +310,22 @@ class Event(models.Model):
         return f"{self.name} @ {self.occurred_at:%Y-%m-%d %H:%M}"
 
 
+class IngestCounter(models.Model):
+    """Events stored per minute, for the overview's ingestion chart.
+
+    Each ingest transaction adds to one of a few shards of the minute (by backend pid), so
+    concurrent batches do not queue behind one counter row; readers sum the shards.
+    """
+
+    pk = models.CompositePrimaryKey("minute", "shard")
+    minute = models.DateTimeField()
+    shard = models.SmallIntegerField()
+    events = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.events} events @ {self.minute:%H:%M}"
+
+
 class ApiKeyQuerySet(models.QuerySet):
     def active(self):
         return self.filter(revoked_at__isnull=True)

@@ -559,6 +559,11 @@ inserted AS (
     FROM input
     ON CONFLICT (source, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING customer_id, name, occurred_at
+),
+counted AS (
+    INSERT INTO customers_ingestcounter (minute, shard, events)
+    SELECT date_trunc('minute', %(now)s::timestamptz), pg_backend_pid() %% 8, count(*) FROM inserted HAVING count(*) > 0
+    ON CONFLICT (minute, shard) DO UPDATE SET events = customers_ingestcounter.events + EXCLUDED.events
 )
 SELECT customer_id, max(occurred_at), array_agg(DISTINCT name), count(*)
 FROM inserted GROUP BY customer_id ORDER BY customer_id

@@ -66,7 +66,8 @@ def admin_url(model, view: str, *args) -> str:
 
 
 def test_every_customers_model_is_in_admin():
-    models = set(apps.get_app_config("customers").get_models())
+    # The ingestion counter is a dashboard aggregate, not a record anyone reviews.
+    models = set(apps.get_app_config("customers").get_models()) - {apps.get_model("customers", "IngestCounter")}
     assert models == set(EDITABLE + READ_ONLY)
     assert all(admin.site.is_registered(model) for model in models)
 
