@@ -224,9 +224,10 @@ def campaign_input_from(campaign: Campaign) -> CampaignInput:
 
 
 def _transition_error(campaign: Campaign, action: str) -> InputError:
+    state = campaign.get_status_display().lower()
     return InputError(
-        [FieldError("status", f"cannot {action} a campaign that is {campaign.get_status_display().lower()}")],
-        message=f"The campaign cannot be {action}d now.",
+        [FieldError("status", f"cannot {action} a campaign that is {state}")],
+        message=f"The campaign is {state}: you cannot {action} it now.",
     )
 
 

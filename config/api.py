@@ -39,7 +39,10 @@ def error_response(request, status: int, message: str, errors: list[dict] | None
 
 def _describe(error: dict) -> dict:
     """Turn one pydantic error into {index?, field, message} a person can act on."""
-    loc = [part for part in error.get("loc", ()) if part not in ("body", "payload", "query", "path")]
+    # Only the leading location names where the value came from; a field may be called "body".
+    loc = list(error.get("loc", ()))
+    while loc and loc[0] in ("body", "payload", "query", "path"):
+        loc.pop(0)
     index = None
     if len(loc) >= 2 and loc[0] in BATCH_FIELDS and isinstance(loc[1], int):
         index, loc = loc[1], loc[2:]
@@ -102,8 +105,10 @@ def on_unexpected(request, exc):
     return error_response(request, 500, "Something went wrong on our side; the error has been logged.")
 
 
+from campaigns.api import router as campaigns_router  # noqa: E402
 from customers.api import router as customers_router  # noqa: E402
 from segments.api import router as segments_router  # noqa: E402
 
 api.add_router("/v1/", customers_router)
 api.add_router("/v1/", segments_router)
+api.add_router("/v1/", campaigns_router)

@@ -1,3 +1,10 @@
-"""Websocket routes; each app adds its consumers here."""
+"""Websocket routes."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from dashboards import consumers
+
+websocket_urlpatterns = [
+    path("ws/dashboards/overview/", consumers.OverviewConsumer.as_asgi()),
+    path("ws/dashboards/campaigns/<int:campaign_id>/", consumers.CampaignConsumer.as_asgi()),
+]

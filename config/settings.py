@@ -137,6 +137,9 @@ if REDIS_URL:
         }
     }
 else:
+    # channels-postgres removes a socket from a group through the ORM, on a database alias
+    # of its own: the same database as default (a mirror of it in tests).
+    DATABASES["channels_postgres"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
     # channels-postgres needs a full Django database settings dict.
     CHANNEL_LAYERS = {
         "default": {
@@ -161,6 +164,11 @@ if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"
+
+# Live dashboards: each process publishes a changed group at most this often (seconds), and
+# each open dashboard receives at most one push per DASHBOARD_PUSH_INTERVAL.
+DASHBOARD_PUBLISH_INTERVAL = float(os.environ.get("DASHBOARD_PUBLISH_INTERVAL", "0.05"))
+DASHBOARD_PUSH_INTERVAL = float(os.environ.get("DASHBOARD_PUSH_INTERVAL", "0.2"))
 
 # --- Auth ---------------------------------------------------------------------------------
 
@@ -199,6 +207,53 @@ WHITENOISE_AUTOREFRESH = DEBUG
 # --- Email and providers ------------------------------------------------------------------
 
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Switchboard <hello@localhost>")
+
+
+def _json_env(name: str) -> dict:
+    import json
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        value = json.loads(os.environ.get(name) or "{}")
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise ImproperlyConfigured(f"{name} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def _mailer_from_env() -> dict:
+    """Django 6.1's MAILERS entry for EMAIL_BACKEND (SMTP unless an anymail ESP backend is named).
+
+    The deprecated EMAIL_* *settings* cannot coexist with MAILERS, so the environment
+    variables of the same names are read here into the SMTP backend's OPTIONS instead.
+    """
+    smtp = "django.core.mail.backends.smtp.EmailBackend"
+    backend = os.environ.get("EMAIL_BACKEND", smtp)
+    options: dict = {}
+    if backend == smtp:
+        options = {
+            "host": os.environ.get("EMAIL_HOST", "localhost"),
+            "username": os.environ.get("EMAIL_HOST_USER", ""),
+            "password": os.environ.get("EMAIL_HOST_PASSWORD", ""),
+            "use_tls": env_bool("EMAIL_USE_TLS"),
+            "use_ssl": env_bool("EMAIL_USE_SSL"),
+            # A hung relay must not hold a dispatcher's batch (and its leases) forever.
+            "timeout": float(os.environ.get("EMAIL_TIMEOUT", "30")),
+        }
+        if os.environ.get("EMAIL_PORT"):
+            options["port"] = int(os.environ["EMAIL_PORT"])
+    options.update(_json_env("EMAIL_OPTIONS"))
+    return {"BACKEND": backend, "OPTIONS": options}
+
+
+MAILERS = {"default": _mailer_from_env()}
+# django-anymail: ESP keys come as JSON (e.g. {"POSTMARK_SERVER_TOKEN": "…"}), the webhook
+# basic-auth secret ("user:password") on its own.
+ANYMAIL = _json_env("ANYMAIL_SETTINGS")
+if os.environ.get("ANYMAIL_WEBHOOK_SECRET"):
+    ANYMAIL["WEBHOOK_SECRET"] = os.environ["ANYMAIL_WEBHOOK_SECRET"]
 
 
 def _quiet_hours(value: str):
@@ -248,6 +303,10 @@ TWILIO_MESSAGING_SERVICE_SID = os.environ.get("TWILIO_MESSAGING_SERVICE_SID", ""
 # Push: FCM HTTP v1 (service-account JSON file) and Web Push (VAPID).
 FCM_CREDENTIALS_FILE = os.environ.get("FCM_CREDENTIALS_FILE", "")
 FCM_PROJECT_ID = os.environ.get("FCM_PROJECT_ID", "")
+# Where FCM's HTTP v1 API lives; only a test or a proxy changes it.
+FCM_API_BASE = os.environ.get("FCM_API_BASE", "https://fcm.googleapis.com").rstrip("/")
+# How long the push services keep a message for a device that is offline.
+PUSH_TTL_SECONDS = int(os.environ.get("PUSH_TTL_SECONDS", str(24 * 3600)))
 VAPID_PRIVATE_KEY = os.environ.get("VAPID_PRIVATE_KEY", "")
 VAPID_PUBLIC_KEY = os.environ.get("VAPID_PUBLIC_KEY", "")
 VAPID_SUBJECT = os.environ.get("VAPID_SUBJECT", "mailto:" + DEFAULT_FROM_EMAIL.split("<")[-1].rstrip(">"))

@@ -9,6 +9,15 @@ from tests.factories import CustomerFactory, TopicFactory, UserFactory
 PASSWORD = "correct horse battery staple"
 
 
+@pytest.fixture(autouse=True)
+def sending_allowed_all_day(settings):
+    """Quiet hours would defer marketing sends when the suite runs at night; tests about
+    quiet hours set them explicitly."""
+    from datetime import time
+
+    settings.QUIET_HOURS = (time(0, 0), time.max)
+
+
 @pytest.fixture
 def marketer(db):
     return UserFactory(username="marketer", roles=[MARKETER])

@@ -133,6 +133,7 @@ def _zone_at_night(settings) -> str:
 
 
 def test_quiet_hours_at_launch_defer_and_never_drop(audience, settings):
+    settings.QUIET_HOURS = (datetime.strptime("08:00", "%H:%M").time(), datetime.strptime("21:00", "%H:%M").time())
     bob = audience["people"]["bob"]
     bob.timezone = _zone_at_night(settings)
     bob.save()

@@ -1,0 +1,97 @@
+"""Websocket consumers for the live dashboards: authenticate, check access, join the
+group, and forward coalesced updates. They never write."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from campaigns.models import Campaign
+from customers.roles import can_use_marketing, can_view_customers
+
+from . import live
+from .publish import OVERVIEW, campaign_group
+
+# Close codes the page understands: not signed in, not allowed.
+UNAUTHENTICATED = 4401
+FORBIDDEN = 4403
+
+
+class DashboardConsumer(AsyncWebsocketConsumer):
+    group = ""
+
+    async def connect(self):
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=UNAUTHENTICATED)
+            return
+        if not await database_sync_to_async(self.allowed)(user):
+            await self.close(code=FORBIDDEN)
+            return
+        self._last_push = 0.0
+        self._flush: asyncio.Task | None = None
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        # Catch up at once: on first connect and after every reconnect.
+        await self.push()
+
+    async def disconnect(self, code):
+        if self.group and getattr(self, "_flush", None) is not None:
+            self._flush.cancel()
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    def allowed(self, user) -> bool:
+        raise NotImplementedError
+
+    def build(self):
+        raise NotImplementedError
+
+    async def dashboard_changed(self, event):
+        """Coalesce: at most one push per DASHBOARD_PUSH_INTERVAL; the last change is never dropped."""
+        if self._flush is not None:
+            return
+        wait = self._last_push + settings.DASHBOARD_PUSH_INTERVAL - time.monotonic()
+        if wait <= 0:
+            await self.push()
+        else:
+            self._flush = asyncio.ensure_future(self._push_later(wait))
+
+    async def _push_later(self, wait: float):
+        await asyncio.sleep(wait)
+        self._flush = None
+        await self.push()
+
+    async def push(self):
+        self._last_push = time.monotonic()
+        update = await live.renders.get(self.group, self.build)
+        if update is None:
+            await self.close(code=FORBIDDEN)
+            return
+        html, charts = update
+        await self.send(text_data=html)
+        await self.send(text_data=charts)
+
+
+class OverviewConsumer(DashboardConsumer):
+    group = OVERVIEW
+
+    def allowed(self, user) -> bool:
+        return can_view_customers(user) or can_use_marketing(user)
+
+    def build(self):
+        return live.overview_update()
+
+
+class CampaignConsumer(DashboardConsumer):
+    def allowed(self, user) -> bool:
+        self.campaign_id = int(self.scope["url_route"]["kwargs"]["campaign_id"])
+        self.group = campaign_group(self.campaign_id)
+        return can_use_marketing(user) and Campaign.objects.filter(pk=self.campaign_id).exists()
+
+    def build(self):
+        return live.campaign_update(self.campaign_id)

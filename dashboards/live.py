@@ -1,0 +1,74 @@
+"""The fragments a live dashboard receives: the same partials the pages render, marked
+out-of-band, plus the chart figures as JSON.
+
+Rendered once per group per push interval in each process and shared by every socket
+watching it, so 200 open dashboards cost one render, not 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.template.loader import render_to_string
+
+from campaigns.models import Campaign
+
+from . import charts, queries
+
+
+def overview_context(*, oob: bool = False) -> dict:
+    overview = queries.overview()
+    return {
+        "overview": overview,
+        "ingest_chart": charts.ingest_series(overview.ingest_x, overview.ingest_y),
+        "oob": oob,
+    }
+
+
+def campaign_context(campaign: Campaign, *, oob: bool = False) -> dict:
+    dashboard = queries.campaign_dashboard(campaign)
+    return {"campaign": campaign, "dash": dashboard, "series_chart": charts.campaign_series(dashboard), "oob": oob}
+
+
+def overview_update() -> tuple[str, str]:
+    context = overview_context(oob=True)
+    html = render_to_string("dashboards/home.html#live", context)
+    return html, json.dumps({"charts": {"ingest-chart": context["ingest_chart"]}})
+
+
+def campaign_update(campaign_id: int) -> tuple[str, str] | None:
+    campaign = Campaign.objects.select_related("topic").filter(pk=campaign_id).first()
+    if campaign is None:
+        return None
+    context = campaign_context(campaign, oob=True)
+    html = render_to_string("dashboards/campaign.html#live", context)
+    return html, json.dumps({"charts": {"series-chart": context["series_chart"]}})
+
+
+class SharedRenders:
+    """One render per group at a time, reused by every consumer in this process for a short while."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._cache: dict[str, tuple[float, object]] = {}
+
+    async def get(self, group: str, build, *args):
+        lock = self._locks.setdefault(group, asyncio.Lock())
+        async with lock:
+            cached = self._cache.get(group)
+            # Fresh enough: rendered after this push was due.
+            if cached and time.monotonic() - cached[0] < settings.DASHBOARD_PUSH_INTERVAL / 2:
+                return cached[1]
+            value = await database_sync_to_async(build)(*args)
+            self._cache[group] = (time.monotonic(), value)
+            return value
+
+    def forget(self, group: str) -> None:
+        self._cache.pop(group, None)
+
+
+renders = SharedRenders()

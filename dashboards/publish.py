@@ -1,0 +1,94 @@
+"""Tell the dashboards that figures changed, coalesced per process.
+
+Services publish after commit (``campaigns.signals.counters_changed``, ingestion,
+segment changes). A burst of thousands of changes a second must not become thousands of
+channel-layer messages to every open dashboard, so each process collects the groups that
+changed and sends one message per group at most every ``DASHBOARD_PUBLISH_INTERVAL``
+seconds, from one background thread with its own event loop. The first change after a
+quiet spell goes out at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+from django.conf import settings
+from django.dispatch import receiver
+
+from campaigns.signals import counters_changed
+from customers.signals import events_ingested
+
+logger = logging.getLogger(__name__)
+
+OVERVIEW = "overview"
+
+
+def campaign_group(campaign_id: int) -> str:
+    return f"campaign.{campaign_id}"
+
+
+class Publisher:
+    def __init__(self) -> None:
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = None
+
+    def publish(self, groups: set[str]) -> None:
+        if not groups:
+            return
+        with self._lock:
+            self._pending |= groups
+            self._ensure_thread()
+        self._wake.set()
+
+    def _ensure_thread(self) -> None:
+        import os
+
+        # A forked worker inherits the object but not the thread.
+        if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="dashboard-publisher", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        from channels.layers import get_channel_layer
+
+        loop = asyncio.new_event_loop()
+        layer = get_channel_layer()
+        last = 0.0
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            interval = settings.DASHBOARD_PUBLISH_INTERVAL
+            wait = last + interval - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            with self._lock:
+                groups, self._pending = self._pending, set()
+            if not groups:
+                continue
+            last = time.monotonic()
+            sent_at = time.time()
+            for group in sorted(groups):
+                try:
+                    loop.run_until_complete(layer.group_send(group, {"type": "dashboard.changed", "at": sent_at}))
+                except Exception:
+                    logger.exception("could not publish a dashboard update to %s", group)
+
+
+publisher = Publisher()
+
+
+@receiver(counters_changed, dispatch_uid="dashboards.on_counters")
+def on_counters(sender, campaign_ids=(), journey_ids=(), **kwargs):
+    publisher.publish({campaign_group(pk) for pk in campaign_ids} | {OVERVIEW})
+
+
+@receiver(events_ingested, dispatch_uid="dashboards.on_events")
+def on_events(sender, **kwargs):
+    publisher.publish({OVERVIEW})

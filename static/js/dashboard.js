@@ -1,0 +1,45 @@
+// Live dashboards: htmx's websocket extension swaps the out-of-band fragments by id; this
+// script applies chart updates (JSON frames) with Plotly.react on the existing chart
+// elements, and tells the user when the connection drops and comes back.
+(function () {
+  "use strict";
+
+  var CONFIG = { displayModeBar: false, responsive: true };
+
+  function setStatus(state, text) {
+    document.querySelectorAll("[data-live-status]").forEach(function (element) {
+      element.dataset.state = state;
+      var label = element.querySelector("[data-live-text]");
+      if (label) label.textContent = text;
+    });
+  }
+
+  function applyCharts(charts) {
+    if (!window.Plotly) return;
+    Object.keys(charts).forEach(function (id) {
+      var element = document.getElementById(id);
+      if (!element) return;
+      var figure = charts[id];
+      window.Plotly.react(element, figure.data, figure.layout, CONFIG);
+      element.dataset.updated = String(Date.now());
+    });
+  }
+
+  document.addEventListener("htmx:wsBeforeMessage", function (event) {
+    var message = event.detail.message;
+    if (typeof message === "string" && message.charAt(0) === "{") {
+      event.preventDefault();
+      applyCharts(JSON.parse(message).charts || {});
+    }
+  });
+  document.addEventListener("htmx:wsOpen", function () { setStatus("live", "Live"); });
+  document.addEventListener("htmx:wsClose", function (event) {
+    var code = event.detail && event.detail.event ? event.detail.event.code : 0;
+    if (code === 4401 || code === 4403) {
+      setStatus("off", "Live updates are not available: sign in again");
+    } else {
+      setStatus("down", "Connection lost, reconnecting…");
+    }
+  });
+  document.addEventListener("htmx:wsError", function () { setStatus("down", "Connection lost, reconnecting…"); });
+})();

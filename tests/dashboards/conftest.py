@@ -1,0 +1,1 @@
+from tests.campaigns.conftest import audience  # noqa: F401  (the same audience as the campaign tests)

@@ -1,0 +1,170 @@
+"""The live dashboard sockets: who may listen, what they receive, and how bursts are coalesced."""
+
+import asyncio
+import json
+import time
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing.websocket import WebsocketCommunicator
+from django.test import Client
+from django.utils import timezone
+
+from campaigns import dispatch, services
+from campaigns.models import Delivery
+from campaigns.providers import DeliveryEvent
+from config.asgi import application
+from tests.campaigns.conftest import make_campaign
+
+# channels-postgres removes sockets from groups through its own database alias.
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "channels_postgres"])
+
+
+def cookie_for(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+def communicator(path, session=None, origin=b"http://testserver"):
+    headers = [(b"origin", origin)]
+    if session:
+        headers.append((b"cookie", f"sessionid={session}".encode()))
+    return WebsocketCommunicator(application, path, headers=headers)
+
+
+async def receive_update(ws, timeout=5):
+    """One push: the out-of-band HTML fragments, then the chart JSON."""
+    html = await ws.receive_from(timeout=timeout)
+    charts = json.loads(await ws.receive_from(timeout=timeout))
+    return html, charts
+
+
+@pytest.fixture
+def memory_layer(settings):
+    """An in-process channel layer, for tests about the consumer itself rather than the transport."""
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
+@pytest.fixture
+def launched(audience):
+    campaign = make_campaign(audience, channels=("email",))
+    services.campaign_launch(campaign=campaign, actor="test")
+    dispatch.dispatch(budget_seconds=5)
+    return campaign
+
+
+def test_a_marketer_gets_the_dashboard_at_once_and_every_change_after_commit(marketer, launched):
+    session = cookie_for(marketer)
+    delivery = Delivery.objects.filter(campaign=launched, status="sent").first()
+
+    async def scenario():
+        ws = communicator(f"/ws/dashboards/campaigns/{launched.pk}/", session)
+        connected, _ = await ws.connect()
+        assert connected
+        html, charts = await receive_update(ws)
+        assert 'id="campaign-headline"' in html and 'hx-swap-oob="true"' in html
+        assert 'data-stat="opened">0 · 0<' in html
+        assert "series-chart" in charts["charts"]
+        # An open arrives through the tracking path in another thread, and commits.
+        await sync_to_async(services.delivery_events_apply)(
+            events=[DeliveryEvent("opened", timezone.now(), delivery_id=delivery.pk)]
+        )
+        # Pushes for earlier commits may still be on their way: wait for the one with the open.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            html, charts = await receive_update(ws)
+            if 'data-stat="opened">1 · 0<' in html:
+                break
+        assert 'data-stat="opened">1 · 0<' in html
+        opens = [trace for trace in charts["charts"]["series-chart"]["data"] if trace["name"].startswith("Opens")]
+        assert sum(opens[0]["y"]) == 1
+        await ws.disconnect(timeout=5)
+
+    asyncio.run(scenario())
+
+
+def test_bursts_are_coalesced_and_the_last_change_is_never_lost(marketer, launched, settings, memory_layer):
+    settings.DASHBOARD_PUSH_INTERVAL = 0.3
+    session = cookie_for(marketer)
+    delivery = Delivery.objects.filter(campaign=launched, status="sent").first()
+
+    async def scenario():
+        ws = communicator(f"/ws/dashboards/campaigns/{launched.pk}/", session)
+        await ws.connect()
+        await receive_update(ws)
+        layer = get_channel_layer()
+        for i in range(50):
+            if i == 49:
+                # The last notification of the burst carries a real change.
+                await sync_to_async(Delivery.objects.filter(pk=delivery.pk).update)(opened_at=timezone.now())
+                await sync_to_async(services.delivery_events_apply)(
+                    events=[DeliveryEvent("clicked", timezone.now(), delivery_id=delivery.pk)]
+                )
+            await layer.group_send(f"campaign.{launched.pk}", {"type": "dashboard.changed"})
+        pushes, last = 0, ""
+        while not await ws.receive_nothing(timeout=1):
+            last, _ = await receive_update(ws)
+            pushes += 1
+        # 50 notifications within one push interval became one push, not 50…
+        assert pushes == 1
+        # …and the trailing push shows the last change.
+        assert 'data-stat="opened">0 · 1<' in last
+        await ws.disconnect(timeout=5)
+
+    asyncio.run(scenario())
+
+
+def test_anonymous_visitors_are_refused(launched, memory_layer):
+    async def scenario():
+        ws = communicator(f"/ws/dashboards/campaigns/{launched.pk}/")
+        connected, code = await ws.connect()
+        assert not connected and code == 4401
+
+    asyncio.run(scenario())
+
+
+def test_support_staff_cannot_watch_a_campaign_but_can_watch_the_overview(support, launched, memory_layer):
+    session = cookie_for(support)
+
+    async def scenario():
+        ws = communicator(f"/ws/dashboards/campaigns/{launched.pk}/", session)
+        connected, code = await ws.connect()
+        assert not connected and code == 4403
+        ws = communicator("/ws/dashboards/overview/", session)
+        connected, _ = await ws.connect()
+        assert connected
+        html, _ = await receive_update(ws)
+        assert 'id="overview-headline"' in html
+        await ws.disconnect(timeout=5)
+
+    asyncio.run(scenario())
+
+
+def test_outsiders_and_unknown_campaigns_are_refused(outsider, marketer, launched, memory_layer):
+    outsider_session, marketer_session = cookie_for(outsider), cookie_for(marketer)
+
+    async def scenario():
+        ws = communicator("/ws/dashboards/overview/", outsider_session)
+        assert (await ws.connect()) == (False, 4403)
+        ws = communicator("/ws/dashboards/campaigns/999999/", marketer_session)
+        assert (await ws.connect()) == (False, 4403)
+
+    asyncio.run(scenario())
+
+
+def test_other_origins_are_refused(marketer, launched, memory_layer):
+    session = cookie_for(marketer)
+
+    async def scenario():
+        ws = communicator("/ws/dashboards/overview/", session, origin=b"https://evil.example")
+        connected, _ = await ws.connect()
+        assert not connected
+
+    asyncio.run(scenario())
