@@ -1,0 +1,125 @@
+"""ESP webhooks, through anymail's ``tracking`` signal, into the one delivery-event handler.
+
+anymail has already checked the webhook's basic auth (``ANYMAIL["WEBHOOK_SECRET"]``) and
+normalised the ESP's payload. A receiver that raises makes the ESP deliver the webhook
+again, so this one is quick (one lookup, one transaction) and idempotent: each ESP event
+carries an id, applied once however often it arrives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from anymail.signals import tracking
+from django.dispatch import receiver
+from django.utils import timezone
+
+from .providers import DeliveryEvent
+from .providers.email import DjangoEmail
+
+logger = logging.getLogger(__name__)
+
+# anymail's normalised event types → delivery event kinds; the rest (queued, sent,
+# deferred, autoresponded, subscribed, unknown) say nothing a marketer counts.
+KINDS = {
+    "delivered": "delivered",
+    "opened": "opened",
+    "clicked": "clicked",
+    "bounced": "bounced",
+    "complained": "complained",
+    "unsubscribed": "unsubscribed",
+    "rejected": "failed",
+    "failed": "failed",
+}
+
+# Some ESPs report soft bounces as "bounced" and say so only in their own fields. A soft
+# bounce is followed by a delivery or a hard bounce, so it must not make an address unusable.
+SOFT_BOUNCE_MARKERS = ("soft", "transient", "dnserror", "temporary")
+
+
+def _is_soft_bounce(esp_event) -> bool:
+    if not isinstance(esp_event, dict):
+        return False
+    fields = [esp_event.get(key) for key in ("Type", "type", "event", "Event", "bounce_type", "severity")]
+    data = esp_event.get("data")
+    if isinstance(data, dict):  # MailerSend nests its event
+        fields.append(data.get("type"))
+    text = " ".join(str(value).lower().replace("_", "") for value in fields if value)
+    return any(marker in text for marker in SOFT_BOUNCE_MARKERS)
+
+
+def _event_id(event, esp_name: str) -> str:
+    """The ESP's event id, or for ESPs that send none (Postmark opens and deliveries) a hash
+    of the raw event, so a redelivered webhook is still recognised."""
+    if event.event_id:
+        key = f"anymail:{esp_name.lower()}:{event.event_id}"
+        if len(key) <= 255:
+            return key
+        raw = key
+    else:
+        raw = json.dumps(event.esp_event, sort_keys=True, default=str)
+    return f"anymail:{esp_name.lower()}:sha256:{hashlib.sha256(raw.encode()).hexdigest()}"
+
+
+def _delivery_for(message_id: str):
+    """Our delivery for an ESP message id (SMTP Message-IDs may come with or without <>)."""
+    from .models import Delivery
+
+    bare = message_id.strip().strip("<>")
+    candidates = {message_id, bare, f"<{bare}>"}
+    return (
+        Delivery.objects.filter(provider=DjangoEmail.name, provider_message_id__in=candidates)
+        .values("id", "customer_id", "topic__key", "channel")
+        .first()
+    )
+
+
+@receiver(tracking, dispatch_uid="campaigns.email_tracking")
+def on_tracking(sender, event, esp_name, **kwargs) -> None:
+    from . import services
+
+    kind = KINDS.get(event.event_type)
+    if kind is None or not event.message_id:
+        return
+    if kind == "bounced" and _is_soft_bounce(event.esp_event):
+        return
+    delivery = _delivery_for(str(event.message_id))
+    if delivery is None:
+        # Mail we did not send as a delivery (password resets through the same ESP, say).
+        logger.debug("%s %s event for unknown message %s", esp_name, event.event_type, event.message_id)
+        return
+    reason = event.description or event.mta_response or event.reject_reason or ""
+    services.delivery_events_apply(events=[
+        DeliveryEvent(
+            kind=kind,
+            occurred_at=event.timestamp or timezone.now(),
+            delivery_id=delivery["id"],
+            provider=DjangoEmail.name,
+            provider_message_id=str(event.message_id),
+            event_id=_event_id(event, esp_name),
+            reason=str(reason),
+            url=event.click_url or "",
+        )
+    ])
+    if kind == "unsubscribed":
+        _unsubscribe(delivery, esp_name=esp_name, reason=str(reason))
+
+
+def _unsubscribe(delivery: dict, *, esp_name: str, reason: str) -> None:
+    """An unsubscribe at the ESP (its link, or the mailbox's one-click button) is an opt-out
+    from that delivery's topic by email, as if made in our preference centre."""
+    from customers.models import Customer
+    from customers.services import subscriptions_change
+
+    customer = Customer.objects.filter(pk=delivery["customer_id"]).first()
+    if customer is None:
+        return
+    subscriptions_change(
+        customer=customer,
+        changes=[{"topic": delivery["topic__key"], "channel": "email", "subscribed": False}],
+        source="email_provider",
+        actor=f"anymail:{esp_name.lower()}",
+        reason=reason or f"unsubscribed at {esp_name}",
+    )
