@@ -679,6 +679,43 @@ def delivery_events_apply(*, events: list[DeliveryEvent]) -> int:
     return changed
 
 
+def engagement_record(*, delivery_id: int, kind: str, at: datetime | None = None) -> int:
+    """Record an open or a click of one delivery in one statement: the tracking hot path.
+
+    The same rules as :func:`delivery_events_apply` (first time only, a click implies an
+    open, both imply delivery, the status only moves forward), without its batch set-up.
+    Returns how many metrics changed (0 for a repeat).
+    """
+    if kind not in ("opened", "clicked"):
+        raise ValueError(f"not an engagement: {kind}")
+    at = at or timezone.now()
+    steps = ["delivered", "opened"] + (["clicked"] if kind == "clicked" else [])
+    rank = {"delivered": 3, "opened": 4, "clicked": 5}[kind]
+    sets = ", ".join(f"{step}_at = coalesce(d.{step}_at, %(at)s)" for step in steps)
+    firsts = ", ".join(f"CASE WHEN old.{step}_at IS NULL THEN '{step}' END" for step in steps)
+    return run_transitions(
+        transitions_sql(
+            ctes=f"""
+            upd AS (
+                UPDATE campaigns_delivery d SET {sets},
+                    status = CASE WHEN {outbox._rank('d.status')} < {rank} THEN '{kind}' ELSE d.status END,
+                    updated_at = %(at)s
+                FROM campaigns_delivery old
+                WHERE d.id = %(id)s AND old.id = d.id AND d.sent_at IS NOT NULL AND d.{kind}_at IS NULL
+                RETURNING d.id, d.customer_id, d.campaign_id, d.journey_id, d.channel, d.variant_id,
+                          ARRAY[{firsts}] AS metrics
+            )
+            """,
+            changed="""
+            SELECT upd.id, upd.customer_id, upd.campaign_id, upd.journey_id, upd.channel, upd.variant_id,
+                   m.metric, %(at)s::timestamptz AS at, ''::text AS reason
+            FROM upd, unnest(upd.metrics) AS m(metric) WHERE m.metric IS NOT NULL
+            """,
+        ),
+        {"id": delivery_id, "at": at},
+    )
+
+
 def _address_feedback() -> None:
     """Hard bounces make an address unusable; complaints stop marketing on that channel."""
     from customers.services import channel_status_set

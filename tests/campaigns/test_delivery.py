@@ -179,3 +179,19 @@ def test_demo_campaigns_and_simulated_engagement(db, settings, django_capture_on
     # Drawn once: running again adds nothing.
     with django_capture_on_commit_callbacks(execute=True):
         assert simulation.simulate(now=timezone.now()) == {"events": 0, "conversions": 0}
+
+
+def test_the_tracking_fast_path_counts_like_the_general_one(audience):
+    campaign = make_campaign(audience, channels=("email",))
+    services.campaign_launch(campaign=campaign, actor="test")
+    dispatch.dispatch(budget_seconds=5)
+    first, second = Delivery.objects.filter(campaign=campaign, status="sent")[:2]
+    assert services.engagement_record(delivery_id=first.pk, kind="clicked") == 3  # delivered, opened, clicked
+    assert services.engagement_record(delivery_id=first.pk, kind="opened") == 0
+    assert services.engagement_record(delivery_id=first.pk, kind="clicked") == 0
+    assert services.engagement_record(delivery_id=second.pk, kind="opened") == 2
+    first.refresh_from_db()
+    assert first.status == "clicked"
+    totals = campaign_summary(campaign)["totals"]
+    assert (totals["delivered"], totals["opened"], totals["clicked"]) == (2, 2, 1)
+    assert Event.objects.filter(name="message.opened", customer_id__in=[first.customer_id, second.customer_id]).count() == 2
