@@ -6,4 +6,4 @@ class CampaignsConfig(AppConfig):
 
     def ready(self) -> None:
         from . import receivers  # noqa: F401  (attributes conversions as goal events arrive)
-        from . import email_tracking  # noqa: F401  (ESP webhooks → delivery events)
+        from . import checks, email_tracking  # noqa: F401  (deploy checks; ESP webhooks → delivery events)
