@@ -619,6 +619,12 @@ def delivery_events_apply(*, events: list[DeliveryEvent]) -> int:
                     FROM delivery_incoming WHERE kind IN ('delivered', 'opened', 'clicked', 'converted')
                     GROUP BY delivery_id
                 ),
+                old AS (
+                    -- Locked in id order first, so concurrent events for one delivery count once.
+                    SELECT d.id, d.delivered_at, d.opened_at, d.clicked_at, d.converted_at
+                    FROM campaigns_delivery d JOIN e ON e.delivery_id = d.id
+                    WHERE d.sent_at IS NOT NULL ORDER BY d.id FOR UPDATE OF d
+                ),
                 upd AS (
                     UPDATE campaigns_delivery d SET
                         delivered_at = coalesce(d.delivered_at, e.delivered),
@@ -633,8 +639,8 @@ def delivery_events_apply(*, events: list[DeliveryEvent]) -> int:
                             WHEN e.delivered IS NOT NULL AND {outbox._rank('d.status')} < 3 THEN 'delivered'
                             ELSE d.status END,
                         updated_at = %(now)s
-                    FROM e, campaigns_delivery old
-                    WHERE d.id = e.delivery_id AND old.id = d.id AND d.sent_at IS NOT NULL
+                    FROM e, old
+                    WHERE d.id = e.delivery_id AND old.id = d.id
                       AND ((old.delivered_at IS NULL AND e.delivered IS NOT NULL)
                            OR (old.opened_at IS NULL AND e.opened IS NOT NULL)
                            OR (old.clicked_at IS NULL AND e.clicked IS NOT NULL)
@@ -696,12 +702,18 @@ def engagement_record(*, delivery_id: int, kind: str, at: datetime | None = None
     return run_transitions(
         transitions_sql(
             ctes=f"""
+            old AS (
+                -- Locked first: what is read here is what a concurrent hit committed, so
+                -- two simultaneous first opens count once.
+                SELECT id, delivered_at, opened_at, clicked_at FROM campaigns_delivery
+                WHERE id = %(id)s AND sent_at IS NOT NULL FOR UPDATE
+            ),
             upd AS (
                 UPDATE campaigns_delivery d SET {sets},
                     status = CASE WHEN {outbox._rank('d.status')} < {rank} THEN '{kind}' ELSE d.status END,
                     updated_at = %(at)s
-                FROM campaigns_delivery old
-                WHERE d.id = %(id)s AND old.id = d.id AND d.sent_at IS NOT NULL AND d.{kind}_at IS NULL
+                FROM old
+                WHERE d.id = old.id AND old.{kind}_at IS NULL
                 RETURNING d.id, d.customer_id, d.campaign_id, d.journey_id, d.channel, d.variant_id,
                           ARRAY[{firsts}] AS metrics
             )

@@ -22,7 +22,8 @@ class SandboxProvider(Provider):
 
     def send_batch(self, messages: list[OutgoingMessage]) -> list[SendResult]:
         rows = [
-            {"delivery_id": m.delivery_id, "channel": m.channel, "to": m.to, "rendered": m.content}
+            {"delivery_id": m.delivery_id, "channel": m.channel, "to": m.to,
+             "rendered": {**m.content, "headers": m.headers} if m.headers else m.content}
             for m in messages
         ]
         # Autocommit: like a real provider, the sandbox has accepted the message once it answers.

@@ -1,0 +1,393 @@
+"""The public pages a message links to, driven from a message the platform really rendered:
+open pixel, click redirect, one-click unsubscribe (RFC 8058) and the preference centre."""
+
+import html
+import logging
+import re
+import threading
+import time as time_module
+from datetime import time
+from urllib.parse import urlsplit
+
+import pytest
+from django.db import connection, connections, transaction
+from django.test import Client
+
+from campaigns import dispatch, render, services
+from campaigns.models import Campaign, Delivery, SandboxMessage
+from campaigns.queries import campaign_summary
+from customers.models import Consent, ConsentState, Event, Subscription
+from customers.services import channel_status_set
+from tests.campaigns.conftest import make_campaign
+from tests.factories import DeviceFactory
+
+PIXEL_SRC = re.compile(r'<img src="([^"]+/t/o/[^"]+\.gif)"')
+CLICK_HREF = re.compile(r'href="([^"]+/t/c/[^"]+)"')
+PREFERENCES_HREF = re.compile(r'href="([^"]+/p/[^"]+)"')
+CSRF_INPUT = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
+
+
+def path_of(url: str) -> str:
+    return urlsplit(html.unescape(url)).path
+
+
+def found(pattern: re.Pattern, text: str) -> str:
+    match = pattern.search(text)
+    assert match, f"{pattern.pattern} not in the message"
+    return path_of(match.group(1))
+
+
+def tampered(path: str) -> str:
+    """The same link with one character of its payload changed (the signature no longer matches)."""
+    prefix, _, token = path.rpartition("/")
+    value, sep, signature = token.partition(":")
+    return f"{prefix}/{value[:-1]}{'9' if value[-1] != '9' else '8'}{sep}{signature}"
+
+
+@pytest.fixture(autouse=True)
+def any_hour(settings):
+    # Quiet hours would hold marketing back at night; these tests are about what happens after sending.
+    settings.QUIET_HOURS = (time(0, 0), time.max)
+
+
+@pytest.fixture
+def sent(audience):
+    """An email campaign sent to the audience; ada's rendered email and its delivery."""
+    campaign = make_campaign(audience, channels=("email",))
+    services.campaign_launch(campaign=campaign, actor="test")
+    assert dispatch.dispatch(budget_seconds=10)["sent"] == 3  # ada, bob, fay
+    ada = audience["people"]["ada"]
+    delivery = Delivery.objects.get(campaign=campaign, customer=ada, channel="email")
+    message = SandboxMessage.objects.get(delivery_id=delivery.pk)
+    return {"campaign": campaign, "delivery": delivery, "html": message.rendered["html"], "ada": ada, **audience}
+
+
+def totals(campaign):
+    return campaign_summary(Campaign.objects.get(pk=campaign.pk))["totals"]
+
+
+def subscribed(customer, topic, channel):
+    return Subscription.objects.filter(customer=customer, topic=topic, channel=channel).values_list("subscribed", flat=True).first()
+
+
+# --- Open pixel ---------------------------------------------------------------------------------
+
+
+def test_the_pixel_answers_a_gif_and_counts_the_open_once(
+    sent, client, django_assert_num_queries, django_assert_max_num_queries
+):
+    pixel = found(PIXEL_SRC, sent["html"])
+    assert client.head(pixel).status_code == 200
+    assert totals(sent["campaign"]).get("opened", 0) == 0  # a proxy checking the image is not a reader
+
+    with django_assert_max_num_queries(9):
+        response = client.get(pixel)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/gif"
+    assert response.content.startswith(b"GIF89a") and len(response.content) == 43
+    assert "no-store" in response["Cache-Control"]
+    assert not response.cookies
+    delivery = Delivery.objects.get(pk=sent["delivery"].pk)
+    assert delivery.status == "opened" and delivery.opened_at is not None
+    assert totals(sent["campaign"])["opened"] == 1
+
+    # Mail clients load the image again and again: a repeat costs one primary-key read.
+    with django_assert_num_queries(1):
+        again = client.get(pixel)
+    assert again.content == response.content
+    assert totals(sent["campaign"])["opened"] == 1
+    assert Event.objects.filter(customer=sent["ada"], name="message.opened").count() == 1
+
+
+def test_a_forged_pixel_still_answers_a_gif_and_records_nothing(sent, client):
+    pixel = found(PIXEL_SRC, sent["html"])
+    for path in (tampered(pixel), "/t/o/nonsense.gif", f"/t/o/{render.sign('abc', render.OPEN_SALT)}.gif",
+                 f"/t/o/{render.sign(str(sent['delivery'].pk), render.CLICK_SALT)}.gif"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert response["Content-Type"] == "image/gif"
+    assert Delivery.objects.get(pk=sent["delivery"].pk).opened_at is None
+    assert totals(sent["campaign"]).get("opened", 0) == 0
+
+
+# --- Click redirect -----------------------------------------------------------------------------
+
+
+def test_a_click_redirects_to_the_original_url_and_records_the_click(sent, client):
+    link = found(CLICK_HREF, sent["html"])
+    # Whatever the request adds, the destination is the one stored when the message was rendered.
+    response = client.get(link, {"url": "https://evil.example/", "next": "https://evil.example/"})
+    assert response.status_code == 302
+    assert response["Location"] == "https://shop.example.com/sale"
+    delivery = Delivery.objects.get(pk=sent["delivery"].pk)
+    assert delivery.status == "clicked" and delivery.clicked_at and delivery.opened_at
+    counts = totals(sent["campaign"])
+    assert (counts["clicked"], counts["opened"]) == (1, 1)
+    client.get(link)
+    assert totals(sent["campaign"])["clicked"] == 1
+
+
+def test_a_tampered_click_link_is_a_404_page_and_records_nothing(sent, client):
+    link = found(CLICK_HREF, sent["html"])
+    delivery_id = sent["delivery"].pk
+    for path in (tampered(link), "/t/c/nonsense", f"/t/c/{render.sign(f'{delivery_id}.999999', render.CLICK_SALT)}",
+                 f"/t/c/{render.sign(f'{delivery_id}.1', render.OPEN_SALT)}"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert "This link is invalid or has expired" in response.content.decode()
+    delivery = Delivery.objects.get(pk=delivery_id)
+    assert delivery.clicked_at is None and delivery.status == "sent"
+    assert totals(sent["campaign"]).get("clicked", 0) == 0
+
+
+# --- Unsubscribe --------------------------------------------------------------------------------
+
+
+def list_unsubscribe(delivery_id: int) -> tuple[str, str]:
+    """The List-Unsubscribe headers of the message as the dispatcher renders it for the provider."""
+    [message], failures = dispatch.build([delivery_id])
+    assert not failures
+    url = message.headers["List-Unsubscribe"]
+    assert url.startswith("<") and url.endswith(">")
+    return path_of(url[1:-1]), message.headers["List-Unsubscribe-Post"]
+
+
+def test_one_click_unsubscribe_from_the_list_unsubscribe_header(sent):
+    ada, newsletter = sent["ada"], sent["topic"]
+    path, post_header = list_unsubscribe(sent["delivery"].pk)
+    assert post_header == "List-Unsubscribe=One-Click"
+    # What a mailbox provider sends (RFC 8058): a bare POST, no cookies, no CSRF token.
+    mailbox = Client(enforce_csrf_checks=True)
+    response = mailbox.post(path, "List-Unsubscribe=One-Click", content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 200
+    assert "You are unsubscribed" in response.content.decode()
+    assert not response.cookies
+
+    assert subscribed(ada, newsletter, "email") is False
+    assert subscribed(ada, newsletter, "sms") is True  # only the topic × channel the message came by
+    sub = Subscription.objects.get(customer=ada, topic=newsletter, channel="email")
+    assert sub.source == "one-click-unsubscribe"
+    change = Event.objects.get(customer=ada, name="subscription.changed")
+    assert change.properties["subscribed"] is False and change.properties["topic"] == "newsletter"
+    assert change.properties["channel"] == "email" and change.properties["source"] == "one-click-unsubscribe"
+    assert Delivery.objects.get(pk=sent["delivery"].pk).status == "unsubscribed"
+    assert totals(sent["campaign"])["unsubscribed"] == 1
+
+    # Providers retry: the second POST is harmless.
+    again = Client(enforce_csrf_checks=True).post(path, {"List-Unsubscribe": "One-Click"})
+    assert again.status_code == 200
+    assert Event.objects.filter(customer=ada, name="subscription.changed").count() == 1
+    assert totals(sent["campaign"])["unsubscribed"] == 1
+
+    # The next campaign on the topic passes her by.
+    spring = make_campaign(sent, channels=("email",), name="Spring sale")
+    services.campaign_launch(campaign=spring, actor="test")
+    rows = {d.customer_id: (d.status, d.reason) for d in Delivery.objects.filter(campaign=spring)}
+    assert rows[ada.pk] == ("suppressed", "not_subscribed")
+    assert rows[sent["people"]["bob"].pk] == ("planned", "")
+
+
+def test_opening_the_unsubscribe_page_does_not_unsubscribe(sent):
+    """Link scanners fetch every link in a message; only the POST unsubscribes."""
+    ada, newsletter = sent["ada"], sent["topic"]
+    path, _ = list_unsubscribe(sent["delivery"].pk)
+    browser = Client(enforce_csrf_checks=True)
+    page = browser.get(path)
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "Unsubscribe ada@example.com from Newsletter emails?" in text
+    assert re.search(r'href="/p/[^"]+"', text), "the page links the preference centre"
+    browser.head(path)
+    assert subscribed(ada, newsletter, "email") is True
+    assert not Event.objects.filter(customer=ada, name="subscription.changed").exists()
+    assert Delivery.objects.get(pk=sent["delivery"].pk).status == "sent"
+
+    # The page's own button: a plain form POST, without a CSRF token.
+    done = browser.post(path)
+    assert done.status_code == 200 and "You are unsubscribed" in done.content.decode()
+    assert subscribed(ada, newsletter, "email") is False
+    assert Subscription.objects.get(customer=ada, topic=newsletter, channel="email").source == "unsubscribe-page"
+    assert "You are already unsubscribed" in browser.get(path).content.decode()
+
+
+def test_a_bad_unsubscribe_link_is_a_404_page_and_writes_nothing(sent, client):
+    path, _ = list_unsubscribe(sent["delivery"].pk)
+    before = (Subscription.objects.count(), Event.objects.count())
+    for bad in (tampered(path), "/u/nonsense", "/u/a:b:c", f"/u/{render.sign('99999999', render.UNSUBSCRIBE_SALT)}",
+                f"/u/{render.sign(str(sent['delivery'].pk), render.OPEN_SALT)}",
+                f"/u/{render.sign('99999999999999999999999', render.UNSUBSCRIBE_SALT)}"):
+        for response in (client.get(bad), client.post(bad, {"List-Unsubscribe": "One-Click"})):
+            assert response.status_code == 404, bad
+            assert "This link is invalid or has expired" in response.content.decode()
+    assert (Subscription.objects.count(), Event.objects.count()) == before
+    assert subscribed(sent["ada"], sent["topic"], "email") is True
+
+
+def test_unsubscribing_from_a_transactional_message_explains_instead(sent, topics):
+    ada = sent["ada"]
+    result = services.message_send(customer=ada, topic=topics["alerts"], channel="email", actor="test",
+                                   content={"subject": "Your password was changed", "html": "<p>It was you?</p>"})
+    dispatch.dispatch(budget_seconds=10)
+    message = SandboxMessage.objects.get(delivery_id=result.delivery.pk)
+    assert "/u/" not in message.rendered["html"]  # receipts carry no unsubscribe link or header
+    path = path_of(render.unsubscribe_url(result.delivery.pk))
+    for response in (Client().get(path), Client(enforce_csrf_checks=True).post(path, {"List-Unsubscribe": "One-Click"})):
+        text = response.content.decode()
+        assert response.status_code == 200
+        assert "Alerts messages are not marketing" in text
+        assert re.search(r'href="/p/[^"]+"', text)
+    assert not Event.objects.filter(customer=ada, name="subscription.changed").exists()
+    assert Delivery.objects.get(pk=result.delivery.pk).status == "sent"
+
+
+# --- Preference centre --------------------------------------------------------------------------
+
+
+def checked_cells(text: str) -> set[str]:
+    return set(re.findall(r'name="sub" value="([^"]+)"[^>]*? checked', text))
+
+
+def all_cells(text: str) -> set[str]:
+    return set(re.findall(r'name="sub" value="([^"]+)"', text))
+
+
+def test_the_preference_centre_shows_the_matrix_and_saves_changes(sent, topics):
+    ada, newsletter = sent["ada"], topics["newsletter"]
+    path = found(PREFERENCES_HREF, sent["html"])
+    browser = Client(enforce_csrf_checks=True)  # a visitor from an email: no session, no cookies yet
+    page = browser.get(path)
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "ada@example.com" in text and "bob@example.com" not in text
+    # Marketing topics × the channels she has an address for; no push without a device, no receipts.
+    assert all_cells(text) == {f"{topic}:{channel}" for topic in ("newsletter", "coupons", "product-updates")
+                               for channel in ("email", "sms", "whatsapp", "voice")}
+    assert checked_cells(text) == {"newsletter:email", "newsletter:sms"}
+    assert "Unsubscribe from all marketing" in text
+    token = CSRF_INPUT.search(text).group(1)
+
+    # The form is CSRF-protected, and works for an anonymous visitor with the cookie the page set.
+    assert Client(enforce_csrf_checks=True).post(path, {"sub": ["coupons:sms"]}).status_code == 403
+    saved = browser.post(path, {"csrfmiddlewaretoken": token, "sub": ["newsletter:email", "coupons:sms"]}, follow=True)
+    assert saved.status_code == 200
+    assert "Your preferences are saved." in saved.content.decode()
+    assert checked_cells(saved.content.decode()) == {"newsletter:email", "coupons:sms"}
+    assert subscribed(ada, newsletter, "email") is True
+    assert subscribed(ada, newsletter, "sms") is False
+    assert subscribed(ada, topics["coupons"], "sms") is True
+    # Boxes left as they were write nothing: no rows for cells never chosen, no timeline noise.
+    assert Subscription.objects.filter(customer=ada).count() == 3
+    changes = Event.objects.filter(customer=ada, name="subscription.changed")
+    assert {(e.properties["topic"], e.channel, e.properties["subscribed"]) for e in changes} == {
+        ("newsletter", "sms", False), ("coupons", "sms", True)}
+    assert {(e.source, e.properties["reason"]) for e in changes} == {("preference-centre", "changed in the preference centre")}
+
+    everything = browser.post(path, {"csrfmiddlewaretoken": token, "sub": ["coupons:sms"], "unsubscribe_all": "1"}, follow=True)
+    assert "You are unsubscribed from all marketing messages" in everything.content.decode()
+    assert checked_cells(everything.content.decode()) == set()
+    assert not Subscription.objects.filter(customer=ada, subscribed=True).exists()
+    # Preferences only: the consent ledger is the customer's own record and stays untouched.
+    assert not Consent.objects.filter(customer=ada).exists() and not ConsentState.objects.filter(customer=ada).exists()
+
+    spring = make_campaign(sent, channels=("email", "sms"), name="Spring sale")
+    services.campaign_launch(campaign=spring, actor="test")
+    assert set(Delivery.objects.filter(campaign=spring, customer=ada).values_list("reason", flat=True)) == {"not_subscribed"}
+
+
+def test_the_preference_centre_columns_follow_the_customers_addresses(sent, client):
+    fay = sent["people"]["fay"]  # email only
+    path = path_of(render.preferences_url(fay.pk))
+    text = client.get(path).content.decode()
+    assert {cell.split(":")[1] for cell in all_cells(text)} == {"email"}
+    DeviceFactory(customer=fay)
+    channel_status_set(customer_ids={fay.pk}, channel="email", status="complained", reason="spam", source="test")
+    text = client.get(path).content.decode()
+    assert {cell.split(":")[1] for cell in all_cells(text)} == {"email", "push"}
+    assert "you reported one of our messages as spam" in text
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_bad_tokens_never_fail_with_a_server_error(sent, client, method):
+    delivery_id, customer_id = sent["delivery"].pk, sent["ada"].pk
+    preferences = path_of(render.preferences_url(customer_id))
+    bad_tokens = ["nonsense", "a:b", ":", "1:", "%00", "x" * 3000, "12.34:abc", "1.2.3:zz",
+                  render.sign("abc", render.PREFERENCES_SALT), render.sign("-1", render.PREFERENCES_SALT),
+                  render.sign("99999999", render.PREFERENCES_SALT), render.sign(str(customer_id), render.UNSUBSCRIBE_SALT)]
+    before = (Subscription.objects.count(), Event.objects.count())
+    for token in bad_tokens:
+        for path in (f"/t/c/{token}", f"/u/{token}", f"/p/{token}"):
+            response = getattr(client, method)(path)
+            # POST to the click redirect is refused (405); everything else is the invalid-link page.
+            assert response.status_code == (405 if method == "post" and path.startswith("/t/c/") else 404), path
+            if response.status_code == 404:
+                assert "This link is invalid or has expired" in response.content.decode()
+        assert client.get(f"/t/o/{token}.gif").status_code == 200
+    assert tampered(preferences) != preferences
+    assert client.get(tampered(preferences)).status_code == 404
+    assert (Subscription.objects.count(), Event.objects.count()) == before
+    assert Delivery.objects.get(pk=delivery_id).status == "sent"
+
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_in_a_real_browser_from_the_email_to_unsubscribed_and_back(sent, topics, live_server, page, shots):
+    """Chromium, with its own cookie and Origin rules, from the links in the message."""
+    ada = sent["ada"]
+    path, _ = list_unsubscribe(sent["delivery"].pk)
+    page.goto(live_server.url + path)
+    page.get_by_role("heading", name="Unsubscribe ada@example.com from Newsletter emails?").wait_for()
+    page.screenshot(path=shots / "tracking-unsubscribe.png", full_page=True)
+    page.get_by_role("button", name="Unsubscribe").click()
+    page.get_by_text("We will no longer send Newsletter emails to ada@example.com.").wait_for()
+    assert subscribed(ada, topics["newsletter"], "email") is False
+
+    page.get_by_role("link", name="Manage your preferences").click()
+    page.get_by_role("heading", name="Your message preferences").wait_for()
+    assert not page.get_by_label("Newsletter by Email").is_checked()
+    assert page.get_by_label("Newsletter by SMS").is_checked()
+    page.get_by_label("Coupons by Email").check()
+    page.get_by_role("button", name="Save preferences").click()
+    page.get_by_text("Your preferences are saved.").wait_for()
+    page.screenshot(path=shots / "tracking-preferences.png", full_page=True)
+    assert page.get_by_label("Coupons by Email").is_checked()
+    assert subscribed(ada, topics["coupons"], "email") is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_simultaneous_first_opens_count_once(sent, caplog):
+    """Image proxies fetch the pixel in parallel: two first hits racing still make one open."""
+    pixel = found(PIXEL_SRC, sent["html"])
+    answers = []
+
+    def load():
+        try:
+            answers.append(Client().get(pixel).status_code)
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():
+        # Hold the delivery row so both requests get past the "already opened?" read and queue up.
+        Delivery.objects.select_for_update().get(pk=sent["delivery"].pk)
+        threads = [threading.Thread(target=load) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        deadline = time_module.monotonic() + 20
+        with connection.cursor() as cursor:
+            while True:
+                cursor.execute("SELECT pg_stat_clear_snapshot()")  # the view is read once per transaction otherwise
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                )
+                if cursor.fetchone()[0] >= 2:
+                    break
+                assert time_module.monotonic() < deadline, f"the two requests never queued up: {answers}"
+                time_module.sleep(0.02)
+    for thread in threads:
+        thread.join(20)
+    assert answers == [200, 200]
+    hidden = [r.getMessage() for r in caplog.records if r.name == "campaigns.tracking" and r.levelno >= logging.ERROR]
+    assert not hidden, f"the pixel hid an error: {hidden}"
+    assert totals(sent["campaign"])["opened"] == 1
+    assert Event.objects.filter(customer=sent["ada"], name="message.opened").count() == 1
