@@ -1,0 +1,506 @@
+"""Campaigns UI: the list, compose with a live preview, launch confirmation, the campaign
+page with results and staged-test decisions, and the sandbox outbox."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.formats import date_format
+from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.vary import vary_on_headers
+
+from customers.models import ChannelKind
+from customers.roles import MARKETER, role_required
+from customers.services import InputError
+
+from . import outbox, queries, render as message_render, services
+from .forms import CONTENT_INPUTS, PERSONALISATION, CampaignForm, OutboxFilterForm, initial_from, preview_content
+from .models import Campaign, Delivery, SandboxMessage, SuppressionReason
+
+LIST_TEMPLATE = "campaigns/list.html"
+COMPOSE_TEMPLATE = "campaigns/compose.html"
+LAUNCH_TEMPLATE = "campaigns/launch.html"
+DETAIL_TEMPLATE = "campaigns/detail.html"
+OUTBOX_TEMPLATE = "campaigns/outbox.html"
+
+CAMPAIGNS_PER_PAGE = 50
+DELIVERIES_PER_PAGE = 50
+OUTBOX_PER_PAGE = 50
+CHANNEL_LABELS = dict(ChannelKind.choices)
+FUNNEL = ("planned", "sent", "delivered", "opened", "clicked", "converted")
+# Engagement a channel can report at all: an SMS or a call is never "opened".
+TRACKED = {
+    "email": {"delivered", "opened", "clicked", "converted"},
+    "sms": {"delivered", "clicked", "converted"},
+    "whatsapp": {"delivered", "opened", "clicked", "converted"},
+    "voice": {"delivered", "converted"},
+    "push": {"delivered", "opened", "clicked", "converted"},
+}
+STATUS_TONE = {
+    "draft": "neutral", "scheduled": "warn", "sending": "live", "testing": "live",
+    "paused": "warn", "completed": "ok", "cancelled": "bad",
+}
+DELIVERY_TONE = {
+    "planned": "neutral", "held": "neutral", "sending": "live", "sent": "live", "delivered": "live",
+    "opened": "ok", "clicked": "ok", "converted": "ok", "suppressed": "muted", "cancelled": "muted",
+    "failed": "bad", "bounced": "bad", "complained": "bad", "unsubscribed": "bad",
+}
+
+
+def _wants_partial(request) -> bool:
+    # A history-restore request comes from htmx but needs the whole page back.
+    return bool(request.htmx) and not request.htmx.history_restore_request
+
+
+def _actor(request) -> str:
+    return request.user.get_username()
+
+
+def _int(value) -> int | None:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+def _pct(part: int, whole: int) -> float | None:
+    return 100.0 * part / whole if whole else None
+
+
+def _errors_sentence(exc: InputError) -> str:
+    text = "; ".join(error.message for error in exc.errors) or exc.message
+    return text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+# --- Results in words and numbers ---------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    planned: int
+    sent: int
+    failed: int
+    suppressed: int
+    cancelled: int
+
+    @property
+    def percent(self) -> float:
+        return min(100.0, _pct(self.sent, self.planned) or 0.0)
+
+
+def _progress(results: queries.Results) -> Progress:
+    totals = results.totals
+    return Progress(
+        planned=totals["planned"], sent=totals["sent"], failed=totals["failed"] + totals["bounced"],
+        suppressed=totals["suppressed"], cancelled=totals["cancelled"],
+    )
+
+
+def _funnel_row(label: str, counts, *, channel: str = "", key: str = "", goal: bool = True) -> dict:
+    sent = counts.get("sent", 0)
+    tracked = TRACKED.get(channel, set(FUNNEL)) - (set() if goal else {"converted"})
+    cells = []
+    for metric in FUNNEL:
+        value = counts.get(metric, 0)
+        rate = _pct(value, sent) if metric not in ("planned", "sent") else None
+        cells.append({"metric": metric, "value": value, "rate": rate, "tracked": metric in tracked or metric in ("planned", "sent")})
+    return {"label": label, "channel": channel, "key": key, "cells": cells,
+            "failed": counts.get("failed", 0) + counts.get("bounced", 0), "suppressed": counts.get("suppressed", 0)}
+
+
+def _suppression_rows(by_reason: dict) -> list[dict]:
+    labels = dict(SuppressionReason.choices)
+    top = max(by_reason.values(), default=0)
+    return [
+        {"reason": reason, "label": labels.get(reason, reason.replace("_", " ")), "count": count,
+         "width": max(2.0, 100.0 * count / top) if top else 0}
+        for reason, count in sorted(by_reason.items(), key=lambda item: (-item[1], item[0])) if count
+    ]
+
+
+def schedule_words(campaign: Campaign) -> str:
+    """When the campaign sends, as a marketer would say it."""
+    def when(moment) -> str:
+        return date_format(timezone.localtime(moment), "l j F Y, H:i")
+
+    if campaign.schedule == Campaign.Schedule.AT and campaign.send_at:
+        words = f"At {when(campaign.send_at)} ({timezone.get_current_timezone_name()})"
+    elif campaign.schedule == Campaign.Schedule.LOCAL and campaign.send_at_local:
+        wall = campaign.send_at_local.replace(tzinfo=None)
+        words = (f"At {date_format(wall, 'H:i')} on {date_format(wall, 'l j F Y')} in each recipient's own time zone"
+                 " (the earliest time zones get it up to a day before the latest)")
+    elif campaign.launched_at:
+        words = f"Started {when(campaign.starts_at or campaign.launched_at)}"
+    else:
+        words = "As soon as you launch it"
+    if campaign.throttle_per_minute:
+        words += f", at most {campaign.throttle_per_minute:,} messages a minute"
+    return words
+
+
+def _staged_context(campaign: Campaign) -> dict | None:
+    if not campaign.is_staged:
+        return None
+    staged = queries.staged_results(campaign)
+    variant_keys = {v.pk: v.key for v in campaign.variants.all()}
+
+    def arms(items, winner):
+        return [{"label": arm.label if not isinstance(arm.key, str) else CHANNEL_LABELS.get(arm.key, arm.key),
+                 "key": arm.key, "successes": arm.successes, "trials": arm.trials,
+                 "rate": None if arm.rate is None else 100 * arm.rate, "winner": arm.key == winner}
+                for arm in items]
+
+    undecided = not campaign.winner_decided_at and campaign.status in {
+        Campaign.Status.SENDING, Campaign.Status.TESTING, Campaign.Status.PAUSED}
+    winner_variant = staged.variant_winner or (min(variant_keys, key=variant_keys.get) if variant_keys else None)
+    winner_channel = staged.channel_winner or (campaign.channels[0] if campaign.test_channels and campaign.channels else "")
+    return {
+        "metric": campaign.get_test_metric_display().lower(),
+        "variants": arms(staged.variants, staged.variant_winner),
+        "channels": arms(staged.channels, staged.channel_winner),
+        "variant_p": staged.variant_p, "channel_p": staged.channel_p,
+        "variant_significant": staged.variant_significant, "channel_significant": staged.channel_significant,
+        "can_decide": undecided,
+        "winner_variant": winner_variant, "winner_variant_key": variant_keys.get(winner_variant, ""),
+        "winner_channel": winner_channel, "winner_channel_label": CHANNEL_LABELS.get(winner_channel, ""),
+        "decided_variant": variant_keys.get(campaign.winner_variant_id, ""),
+        "decided_channel": CHANNEL_LABELS.get(campaign.winner_channel, ""),
+    }
+
+
+# --- List ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class CampaignRow:
+    campaign: Campaign
+    progress: Progress
+    open_rate: float | None
+    click_rate: float | None
+    tone: str
+
+    @property
+    def channels(self) -> list[tuple[str, str]]:
+        return [(channel, CHANNEL_LABELS.get(channel, channel)) for channel in self.campaign.channels]
+
+
+@role_required(MARKETER)
+def campaign_list(request):
+    page = Paginator(queries.campaigns_list(request.user), CAMPAIGNS_PER_PAGE).get_page(request.GET.get("page"))
+    campaigns = list(page.object_list)
+    results = queries.campaign_results([campaign.pk for campaign in campaigns])
+    rows = []
+    for campaign in campaigns:
+        result = results[campaign.pk]
+        rows.append(CampaignRow(
+            campaign, _progress(result), _pct(result.totals["opened"], result.totals["sent"]),
+            _pct(result.totals["clicked"], result.totals["sent"]), STATUS_TONE.get(campaign.status, "neutral"),
+        ))
+    return render(request, LIST_TEMPLATE, {"rows": rows, "page": page})
+
+
+# --- Compose ------------------------------------------------------------------------------------
+
+
+def _compose_page(request, form: CampaignForm, *, campaign: Campaign | None, status: int = 200):
+    context = {
+        "form": form,
+        "campaign": campaign,
+        "variants": form.variant_sections(),
+        "variant_count": form.selected_variant_count(),
+        "channel_rows": form.channel_rows(),
+        "chosen_segments": form.chosen_segments("segment_ids"),
+        "excluded_segments": form.chosen_segments("exclude_segment_ids"),
+        "personalisation": PERSONALISATION,
+        "sample": message_render.SAMPLE_CUSTOMER,
+        "timezone_name": timezone.get_current_timezone_name(),
+        "content_channels": [(channel, CHANNEL_LABELS[channel]) for channel in CONTENT_INPUTS],
+    }
+    return render(request, COMPOSE_TEMPLATE, context, status=status)
+
+
+@role_required(MARKETER)
+@require_http_methods(["GET", "POST"])
+def campaign_new(request):
+    if request.method == "POST":
+        form = CampaignForm(request.POST)
+        if form.is_valid():
+            try:
+                campaign = services.campaign_create(data=form.to_input(), actor=_actor(request), user=request.user)
+            except InputError as exc:
+                form.add_service_errors(exc)
+            else:
+                messages.success(request, f"Draft “{campaign.name}” saved. Check the audience, then launch it.")
+                return redirect("campaigns:detail", campaign.pk)
+        return _compose_page(request, form, campaign=None, status=422)
+    return _compose_page(request, CampaignForm(), campaign=None)
+
+
+@role_required(MARKETER)
+@require_http_methods(["GET", "POST"])
+def campaign_edit(request, campaign_id: int):
+    campaign = queries.campaign_for(request.user, campaign_id)
+    if request.method == "POST":
+        form = CampaignForm(request.POST)
+        if form.is_valid():
+            try:
+                campaign = services.campaign_update(campaign=campaign, data=form.to_input(), actor=_actor(request))
+            except InputError as exc:
+                form.add_service_errors(exc)
+            else:
+                messages.success(request, f"Draft “{campaign.name}” saved.")
+                return redirect("campaigns:detail", campaign.pk)
+        return _compose_page(request, form, campaign=campaign, status=422)
+    if not campaign.is_editable:
+        messages.info(request, f"“{campaign.name}” is {campaign.get_status_display().lower()}; only drafts can be changed.")
+        return redirect("campaigns:detail", campaign.pk)
+    form = CampaignForm(initial=initial_from(services.campaign_input_from(campaign)))
+    return _compose_page(request, form, campaign=campaign)
+
+
+@role_required(MARKETER)
+@require_POST
+def campaign_preview(request):
+    """The selected variant and channel rendered for the sample customer; nothing is saved."""
+    key, channel, rendered, problem = preview_content(request.POST)
+    context = {"key": key, "channel": channel, "channel_label": CHANNEL_LABELS[channel], "rendered": rendered,
+               "problem": problem, "sample": message_render.SAMPLE_CUSTOMER, "sms": None}
+    if rendered is not None and channel == "sms":
+        context["sms"] = message_render.sms_length(rendered.get("body", ""))
+    return render(request, f"{COMPOSE_TEMPLATE}#preview", context)
+
+
+@role_required(MARKETER)
+@require_POST
+def campaign_delete(request, campaign_id: int):
+    campaign = queries.campaign_for(request.user, campaign_id)
+    try:
+        services.campaign_delete(campaign=campaign, actor=_actor(request))
+    except InputError as exc:
+        messages.error(request, "Not deleted: " + _errors_sentence(exc))
+        return redirect("campaigns:detail", campaign.pk)
+    messages.success(request, f"Draft “{campaign.name}” deleted.")
+    return redirect("campaigns:list")
+
+
+# --- Launch -------------------------------------------------------------------------------------
+
+
+def _launch_context(campaign: Campaign) -> dict:
+    predicted = outbox.predicted(campaign, now=timezone.now())
+    top = max((per["send"] + per["suppressed"] for per in predicted["channels"].values()), default=0)
+    channels = []
+    for channel in campaign.channels:
+        per = predicted["channels"].get(channel, {"send": 0, "suppressed": 0})
+        total = per["send"] + per["suppressed"]
+        channels.append({
+            "channel": channel, "label": CHANNEL_LABELS.get(channel, channel), "send": per["send"],
+            "suppressed": per["suppressed"], "total": total,
+            "send_width": 100.0 * per["send"] / top if top else 0,
+            "suppressed_width": 100.0 * per["suppressed"] / top if top else 0,
+        })
+    suppressed = sum(predicted["suppressed"].values())
+    return {
+        "campaign": campaign,
+        "channels": channels,
+        "to_send": predicted["to_send"],
+        "suppressed_total": suppressed,
+        "reasons": _suppression_rows(predicted["suppressed"]),
+        "schedule": schedule_words(campaign),
+        "segments": list(campaign.segments.all()),
+        "excluded": list(campaign.exclude_segments.all()),
+        "variants": list(campaign.variants.all()),
+    }
+
+
+@role_required(MARKETER)
+@require_http_methods(["GET", "POST"])
+def campaign_launch(request, campaign_id: int):
+    campaign = queries.campaign_for(request.user, campaign_id)
+    if request.method == "POST":
+        try:
+            campaign = services.campaign_launch(campaign=campaign, actor=_actor(request))
+        except InputError as exc:
+            if not campaign.is_editable:
+                messages.error(request, _errors_sentence(exc))
+                return redirect("campaigns:detail", campaign.pk)
+            context = {**_launch_context(campaign), "launch_errors": [error.message for error in exc.errors]}
+            return render(request, LAUNCH_TEMPLATE, context, status=422)
+        if campaign.status == Campaign.Status.SCHEDULED:
+            when = date_format(timezone.localtime(campaign.starts_at), "l j F, H:i")
+            messages.success(request, f"“{campaign.name}” is scheduled: the audience is taken and sending starts {when}.")
+        else:
+            messages.success(request, f"“{campaign.name}” launched: {campaign.audience_size:,} customers in the audience.")
+        return redirect("campaigns:detail", campaign.pk)
+    if not campaign.is_editable:
+        messages.info(request, f"“{campaign.name}” was launched already.")
+        return redirect("campaigns:detail", campaign.pk)
+    return render(request, LAUNCH_TEMPLATE, _launch_context(campaign))
+
+
+# --- Campaign page ------------------------------------------------------------------------------
+
+
+def _deliveries_context(campaign: Campaign, after: int | None) -> dict:
+    rows, next_after = queries.deliveries_page(campaign, after=after, limit=DELIVERIES_PER_PAGE)
+    labels = dict(SuppressionReason.choices)
+    return {
+        "campaign": campaign,
+        "deliveries": [
+            (delivery, DELIVERY_TONE.get(delivery.status, "neutral"), labels.get(delivery.reason, delivery.reason))
+            for delivery in rows
+        ],
+        "next_after": next_after,
+        "after": after,
+    }
+
+
+def _results_context(campaign: Campaign) -> dict:
+    results = queries.campaign_results([campaign.pk])[campaign.pk]
+    channels = list(campaign.channels) + sorted(set(results.by_channel) - set(campaign.channels))
+    variants = list(campaign.variants.all())
+    goal = bool(campaign.goal_event)
+    return {
+        "progress": _progress(results),
+        "channel_rows": [
+            _funnel_row(CHANNEL_LABELS.get(c, c), results.by_channel.get(c, {}), channel=c, goal=goal) for c in channels
+        ],
+        "variant_rows": [
+            _funnel_row(f"Variant {v.key}" + (f" · {v.name}" if v.name else ""), results.by_variant.get(v.pk, {}),
+                        key=v.key, goal=goal)
+            for v in variants
+        ] if len(variants) > 1 else [],
+        "totals_row": _funnel_row("All channels", results.totals, goal=goal),
+        "reasons": _suppression_rows(results.suppressed),
+        "staged": _staged_context(campaign),
+    }
+
+
+@role_required(MARKETER)
+@vary_on_headers("HX-Request")
+def campaign_detail(request, campaign_id: int):
+    campaign = queries.campaign_for(request.user, campaign_id)
+    after = _int(request.GET.get("after"))
+    if _wants_partial(request) and request.GET.get("part") == "deliveries":
+        return render(request, f"{DETAIL_TEMPLATE}#deliveries", _deliveries_context(campaign, after))
+    context = {
+        "campaign": campaign,
+        "tone": STATUS_TONE.get(campaign.status, "neutral"),
+        "schedule": schedule_words(campaign),
+        "channels": [(channel, CHANNEL_LABELS.get(channel, channel)) for channel in campaign.channels],
+        **_results_context(campaign),
+        **_deliveries_context(campaign, after),
+    }
+    return render(request, DETAIL_TEMPLATE, context)
+
+
+def _lifecycle(request, campaign_id: int, action, done: str):
+    campaign = queries.campaign_for(request.user, campaign_id)
+    try:
+        action(campaign=campaign, actor=_actor(request))
+    except InputError as exc:
+        messages.error(request, _errors_sentence(exc))
+    else:
+        messages.success(request, done.format(name=campaign.name))
+    return redirect("campaigns:detail", campaign.pk)
+
+
+@role_required(MARKETER)
+@require_POST
+def campaign_pause(request, campaign_id: int):
+    return _lifecycle(request, campaign_id, services.campaign_pause, "“{name}” paused: nothing more is sent until you resume.")
+
+
+@role_required(MARKETER)
+@require_POST
+def campaign_resume(request, campaign_id: int):
+    return _lifecycle(request, campaign_id, services.campaign_resume, "“{name}” resumed.")
+
+
+@role_required(MARKETER)
+@require_POST
+def campaign_cancel(request, campaign_id: int):
+    return _lifecycle(request, campaign_id, services.campaign_cancel,
+                      "“{name}” cancelled: messages not yet sent will not be sent.")
+
+
+@role_required(MARKETER)
+@require_POST
+def campaign_send_remainder(request, campaign_id: int):
+    campaign = queries.campaign_for(request.user, campaign_id)
+    channel = request.POST.get("channel") or None
+    try:
+        campaign = services.campaign_send_remainder(
+            campaign=campaign, actor=_actor(request), variant_id=_int(request.POST.get("variant")), channel=channel,
+        )
+    except InputError as exc:
+        messages.error(request, _errors_sentence(exc))
+    else:
+        winner = campaign.winner_variant.key if campaign.winner_variant else ""
+        by = f" by {CHANNEL_LABELS.get(campaign.winner_channel, campaign.winner_channel)}" if campaign.winner_channel else ""
+        messages.success(request, f"The rest of the audience gets variant {winner}{by}.")
+    return redirect("campaigns:detail", campaign.pk)
+
+
+# --- Sandbox outbox -----------------------------------------------------------------------------
+
+
+def _outbox_page(*, channel: str, campaign_id: int | None, before: int | None, limit: int):
+    """The newest sandbox messages, optionally of one channel or campaign, below id ``before``."""
+    rows = SandboxMessage.objects.order_by("-id")
+    if channel:
+        rows = rows.filter(channel=channel)
+    if campaign_id:
+        rows = rows.filter(delivery_id__in=Delivery.objects.filter(campaign_id=campaign_id).values("id"))
+    if before:
+        rows = rows.filter(id__lt=before)
+    page = list(rows[: limit + 1])
+    return page[:limit], (page[limit - 1].id if len(page) > limit else None)
+
+
+@role_required(MARKETER)
+@vary_on_headers("HX-Request")
+def outbox_list(request):
+    filters = OutboxFilterForm(request.GET).filters()
+    campaign = queries.campaign_for(request.user, filters["campaign_id"]) if filters["campaign_id"] else None
+    rows, next_before = _outbox_page(
+        channel=filters["channel"], campaign_id=filters["campaign_id"], before=filters["before"], limit=OUTBOX_PER_PAGE
+    )
+    context = {"rows": rows, "next_before": next_before, "filters": filters, "campaign": campaign,
+               "channels": ChannelKind.choices, "channel_labels": CHANNEL_LABELS}
+    if _wants_partial(request):
+        return render(request, f"{OUTBOX_TEMPLATE}#messages", context)
+    return render(request, OUTBOX_TEMPLATE, context)
+
+
+def _without_open_pixel(html: str) -> str:
+    """The email minus its open pixel, with links that go nowhere: looking at it here must not
+    count as the customer opening it or clicking (a sandboxed frame may not open new windows)."""
+    prefix = message_render.absolute(reverse("tracking:open", args=["token"])).rsplit("/", 1)[0] + "/"
+    return '<base target="_blank">' + re.sub(r'<img[^>]*src="' + re.escape(prefix) + r'[^"]*"[^>]*>', "", html)
+
+
+@role_required(MARKETER)
+@vary_on_headers("HX-Request")
+def outbox_message(request, message_id: int):
+    message = SandboxMessage.objects.filter(pk=message_id).first()
+    if message is None:
+        raise Http404("No such message")
+    if message.channel == ChannelKind.EMAIL and isinstance(message.rendered.get("html"), str):
+        message.rendered["html"] = _without_open_pixel(message.rendered["html"])
+    context = {"message": message, "channel_labels": CHANNEL_LABELS}
+    if _wants_partial(request):
+        return render(request, f"{OUTBOX_TEMPLATE}#message", context)
+    filters = {"channel": "", "campaign_id": None, "before": None}
+    rows, next_before = _outbox_page(channel="", campaign_id=None, before=None, limit=OUTBOX_PER_PAGE)
+    context.update(rows=rows, next_before=next_before, filters=filters, campaign=None,
+                   channels=ChannelKind.choices)
+    return render(request, OUTBOX_TEMPLATE, context)
