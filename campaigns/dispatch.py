@@ -141,7 +141,7 @@ def recheck(ids: list[int], *, now: datetime) -> list[int]:
         LEFT JOIN recent ON recent.customer_id = cand.customer_id
     """
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS dispatch_judged (id bigint, reason text, due timestamptz)")
+        cursor.execute("CREATE TEMP TABLE IF NOT EXISTS dispatch_judged (id bigint, reason text, due timestamptz)")
         cursor.execute("TRUNCATE dispatch_judged")
         cursor.execute(f"INSERT INTO dispatch_judged {judged}", params)
         cursor.execute(

@@ -12,7 +12,7 @@ from django.http import Http404
 
 from customers.roles import can_use_marketing
 
-from .models import Campaign, Counter, Delivery
+from .models import Campaign, Counter, Delivery, SandboxMessage
 
 FUNNEL = ("planned", "sent", "delivered", "opened", "clicked", "converted")
 OUTCOMES = ("bounced", "failed", "complained", "unsubscribed", "cancelled")
@@ -207,3 +207,27 @@ def deliveries_page(campaign: Campaign, *, after: int | None, limit: int = 100, 
         rows = rows.filter(status=status)
     page = list(rows[: limit + 1])
     return page[:limit], (page[limit - 1].id if len(page) > limit else None)
+
+
+def sandbox_messages_page(user, *, channel: str, campaign_id: int | None, before: int | None, limit: int):
+    """The newest sandbox messages, optionally of one channel or campaign, below id ``before``."""
+    if not can_use_marketing(user):
+        raise PermissionDenied
+    rows = SandboxMessage.objects.order_by("-id")
+    if channel:
+        rows = rows.filter(channel=channel)
+    if campaign_id:
+        rows = rows.filter(delivery_id__in=Delivery.objects.filter(campaign_id=campaign_id).values("id"))
+    if before:
+        rows = rows.filter(id__lt=before)
+    page = list(rows[: limit + 1])
+    return page[:limit], (page[limit - 1].id if len(page) > limit else None)
+
+
+def sandbox_message_for(user, pk: int) -> SandboxMessage:
+    if not can_use_marketing(user):
+        raise PermissionDenied
+    message = SandboxMessage.objects.filter(pk=pk).first()
+    if message is None:
+        raise Http404("No such message")
+    return message

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -22,7 +21,7 @@ from customers.services import InputError
 
 from . import outbox, queries, render as message_render, services
 from .forms import CONTENT_INPUTS, PERSONALISATION, CampaignForm, OutboxFilterForm, initial_from, preview_content
-from .models import Campaign, Delivery, SandboxMessage, SuppressionReason
+from .models import Campaign, SuppressionReason
 
 LIST_TEMPLATE = "campaigns/list.html"
 COMPOSE_TEMPLATE = "campaigns/compose.html"
@@ -453,26 +452,14 @@ def campaign_send_remainder(request, campaign_id: int):
 # --- Sandbox outbox -----------------------------------------------------------------------------
 
 
-def _outbox_page(*, channel: str, campaign_id: int | None, before: int | None, limit: int):
-    """The newest sandbox messages, optionally of one channel or campaign, below id ``before``."""
-    rows = SandboxMessage.objects.order_by("-id")
-    if channel:
-        rows = rows.filter(channel=channel)
-    if campaign_id:
-        rows = rows.filter(delivery_id__in=Delivery.objects.filter(campaign_id=campaign_id).values("id"))
-    if before:
-        rows = rows.filter(id__lt=before)
-    page = list(rows[: limit + 1])
-    return page[:limit], (page[limit - 1].id if len(page) > limit else None)
-
-
 @role_required(MARKETER)
 @vary_on_headers("HX-Request")
 def outbox_list(request):
     filters = OutboxFilterForm(request.GET).filters()
     campaign = queries.campaign_for(request.user, filters["campaign_id"]) if filters["campaign_id"] else None
-    rows, next_before = _outbox_page(
-        channel=filters["channel"], campaign_id=filters["campaign_id"], before=filters["before"], limit=OUTBOX_PER_PAGE
+    rows, next_before = queries.sandbox_messages_page(
+        request.user, channel=filters["channel"], campaign_id=filters["campaign_id"], before=filters["before"],
+        limit=OUTBOX_PER_PAGE,
     )
     context = {"rows": rows, "next_before": next_before, "filters": filters, "campaign": campaign,
                "channels": ChannelKind.choices, "channel_labels": CHANNEL_LABELS}
@@ -491,16 +478,16 @@ def _without_open_pixel(html: str) -> str:
 @role_required(MARKETER)
 @vary_on_headers("HX-Request")
 def outbox_message(request, message_id: int):
-    message = SandboxMessage.objects.filter(pk=message_id).first()
-    if message is None:
-        raise Http404("No such message")
+    message = queries.sandbox_message_for(request.user, message_id)
     if message.channel == ChannelKind.EMAIL and isinstance(message.rendered.get("html"), str):
         message.rendered["html"] = _without_open_pixel(message.rendered["html"])
     context = {"message": message, "channel_labels": CHANNEL_LABELS}
     if _wants_partial(request):
         return render(request, f"{OUTBOX_TEMPLATE}#message", context)
     filters = {"channel": "", "campaign_id": None, "before": None}
-    rows, next_before = _outbox_page(channel="", campaign_id=None, before=None, limit=OUTBOX_PER_PAGE)
+    rows, next_before = queries.sandbox_messages_page(
+        request.user, channel="", campaign_id=None, before=None, limit=OUTBOX_PER_PAGE
+    )
     context.update(rows=rows, next_before=next_before, filters=filters, campaign=None,
                    channels=ChannelKind.choices)
     return render(request, OUTBOX_TEMPLATE, context)
