@@ -5,12 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Prefetch, Q
+from django.db.models import Prefetch, Q
 from django.http import Http404
-from django.utils import timezone
 
 from .models import ChannelKind, Consent, ConsentState, Customer, Event, EventCategory, Subscription, Topic
 from .roles import can_view_customers
@@ -155,28 +154,6 @@ def customer_profile_for_user(*, user, customer_id: int) -> Customer:
 def consent_ledger(customer: Customer, *, limit: int = 10) -> list[Consent]:
     """The latest ``limit`` ledger entries of one customer, newest first."""
     return list(Consent.objects.filter(customer=customer).order_by("-occurred_at", "-id")[:limit])
-
-
-@dataclass
-class Overview:
-    customers: int
-    events_day: int
-    events_week: int
-    topics: list[Topic]
-
-
-def overview() -> Overview:
-    """Headline counts for the home page: three queries whatever the data size."""
-    now = timezone.now()
-    events = Event.objects.filter(occurred_at__gte=now - timedelta(days=7)).aggregate(
-        week=Count("id"), day=Count("id", filter=Q(occurred_at__gte=now - timedelta(days=1)))
-    )
-    return Overview(
-        customers=Customer.objects.count(),
-        events_day=events["day"],
-        events_week=events["week"],
-        topics=list(Topic.objects.all()),
-    )
 
 
 def topic_names() -> dict[str, str]:

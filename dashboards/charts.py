@@ -20,13 +20,14 @@ METRIC_LABELS = {"opened": "Opens", "clicked": "Clicks", "converted": "Conversio
 
 def _layout(height: int, **extra) -> dict:
     layout = dict(
-        template="none", height=height, margin={"l": 48, "r": 16, "t": 8, "b": 40},
+        template="none", height=height, margin={"l": 48, "r": 16, "t": 36, "b": 36},
         paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)", font=FONT,
         xaxis={"showgrid": False, "linecolor": "#cfd4dc", "ticks": "outside", "tickcolor": "#cfd4dc",
                "tickformat": "%H:%M"},
-        yaxis={"gridcolor": "#eef0f3", "rangemode": "tozero", "tickformat": ",d", "zeroline": False},
+        yaxis={"gridcolor": "#eef0f3", "tickformat": ",", "zeroline": False,
+               "rangemode": "nonnegative"},
         hoverlabel={"bgcolor": "#141a2a", "bordercolor": "#141a2a", "font": {"color": "#fff"}},
-        legend={"orientation": "h", "y": -0.22, "x": 0},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
         uirevision="keep",  # live updates keep the user's zoom and hidden traces
     )
     layout.update(extra)
@@ -37,21 +38,32 @@ def figure_dict(figure: go.Figure) -> dict:
     return json.loads(figure.to_json())
 
 
+def _whole_numbers(figure: go.Figure, peak: int) -> None:
+    # Counts are whole: small ones get a tick per unit instead of 0.5 steps.
+    if peak < 8:
+        figure.update_yaxes(dtick=1, range=[0, max(peak, 1) + 0.5])
+
+
 def campaign_series(dashboard) -> dict:
     """Opens, clicks and conversions per minute, one line per channel and metric."""
     figure = go.Figure()
+    peak = 0
+    # Lines need two points; the first minutes of a campaign show markers too.
+    mode = "lines+markers" if len(dashboard.series_x) <= 30 else "lines"
     for channel, metrics in dashboard.series.items():
         for metric in ("opened", "clicked", "converted"):
             values = metrics[metric]
             if channel in ("sms", "voice") and metric == "opened" and not any(values):
                 continue  # SMS has no opens; a flat zero line would only mislead
+            peak = max([peak, *values])
             figure.add_trace(go.Scatter(
-                x=dashboard.series_x, y=values, mode="lines",
+                x=dashboard.series_x, y=values, mode=mode, marker={"size": 5},
                 name=f"{METRIC_LABELS[metric]} · {ChannelKind(channel).label}",
                 line={"color": METRIC_COLORS[metric], "dash": CHANNEL_DASH.get(channel, "solid"), "width": 2},
                 hovertemplate="%{y:,} at %{x|%H:%M}<extra>%{fullData.name}</extra>",
             ))
-    figure.update_layout(**_layout(280))
+    figure.update_layout(**_layout(300))
+    _whole_numbers(figure, peak)
     return figure_dict(figure)
 
 
@@ -59,7 +71,8 @@ def ingest_series(xs, ys) -> dict:
     figure = go.Figure(go.Bar(
         x=xs, y=ys, marker={"color": "#4338ca"}, hovertemplate="%{y:,} events at %{x|%H:%M}<extra></extra>",
     ))
-    figure.update_layout(**_layout(200, showlegend=False, bargap=0.15))
+    figure.update_layout(**_layout(200, showlegend=False, bargap=0.15, margin={"l": 48, "r": 16, "t": 8, "b": 36}))
+    _whole_numbers(figure, max(ys, default=0))
     return figure_dict(figure)
 
 

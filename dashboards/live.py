@@ -37,6 +37,7 @@ def campaign_context(campaign: Campaign, *, oob: bool = False) -> dict:
 def overview_update() -> tuple[str, str]:
     context = overview_context(oob=True)
     html = render_to_string("dashboards/home.html#live", context)
+    html += render_to_string("dashboards/home.html#ingest_total", context)
     return html, json.dumps({"charts": {"ingest-chart": context["ingest_chart"]}})
 
 
