@@ -126,7 +126,13 @@ CHROMIUM_ARGS = [
 
 def _is_console_error(message) -> bool:
     # Refused input answers 422 with the form and its errors, by design; the browser logs it.
-    return message.type == "error" and "status of 422" not in message.text
+    if message.type != "error" or "status of 422" in message.text:
+        return False
+    # Django's live_server speaks WSGI only: live pages cannot open their websocket there.
+    # The live-dashboard browser tests run a real ASGI server and check the connection.
+    if "/ws/dashboards/" in message.text and "Unexpected response code: 404" in message.text:
+        return False
+    return True
 
 
 @pytest.fixture
