@@ -1,0 +1,1 @@
+"""Stand-ins for external providers: real HTTP servers on loopback that record what they receive."""
