@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import defaultdict
 from datetime import datetime, timedelta
@@ -103,7 +104,7 @@ def claim_expired(*, limit: int, now: datetime) -> list[int]:
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             """
-            UPDATE campaigns_delivery d SET lease_until = %(lease)s, updated_at = %(now)s
+            UPDATE campaigns_delivery d SET lease_until = %(lease)s
             WHERE d.id IN (
                 SELECT id FROM campaigns_delivery
                 WHERE status = 'sending' AND lease_until < %(now)s
@@ -217,7 +218,7 @@ def build(ids: list[int]) -> tuple[list[OutgoingMessage], list[SendResult]]:
                 raise render.TemplateProblem("content", f"no {channel} content")
             if key not in compiled:
                 compiled[key] = render.compile_content(channel, body)
-            links = render.message_links(delivery_id=delivery_id, customer_id=customer_id)
+            links = render.message_links(delivery_id=delivery_id, customer_id=customer_id, lazy=channel != "email")
             customer = {
                 "id": customer_id, "external_id": external_id, "email": email, "phone": phone,
                 "first_name": first_name, "last_name": last_name, "locale": locale, "timezone": tz_name,
@@ -229,7 +230,8 @@ def build(ids: list[int]) -> tuple[list[OutgoingMessage], list[SendResult]]:
             continue
         marketing = not transactional
         to = {"email": email, "push": str(customer_id)}.get(channel, phone)
-        if channel in ("sms", "whatsapp") and marketing and "STOP" not in content.get("body", "").upper():
+        has_text = channel == "sms" or (channel == "whatsapp" and content.get("body"))
+        if has_text and marketing and "STOP" not in content.get("body", "").upper():
             content["body"] = (content.get("body", "") + "\nReply STOP to opt out").strip()
         message = OutgoingMessage(
             delivery_id=delivery_id, customer_id=customer_id, channel=channel, to=to, content=content,
@@ -345,7 +347,13 @@ def _send(messages: list[OutgoingMessage], *, settle: bool) -> tuple[list[SendRe
             for message in group:
                 provider_names[message.delivery_id] = provider.name
             if settle and provider.supports_lookup:
-                already = provider.lookup(group)
+                try:
+                    already = provider.lookup(group)
+                except Exception:
+                    # Unknown whether they went out: leave them sending, to be settled again
+                    # when this lease expires, rather than risk a second send.
+                    logger.exception("%s lookup failed; %d deliveries wait for the next try", provider.name, len(group))
+                    continue
                 results += [SendResult(d, True, provider_message_id=pid) for d, pid in already.items()]
                 group = [m for m in group if m.delivery_id not in already]
             if group:
@@ -359,12 +367,55 @@ def _send(messages: list[OutgoingMessage], *, settle: bool) -> tuple[list[SendRe
     return results, provider_names
 
 
+class LeaseKeeper(threading.Thread):
+    """Extends the lease of deliveries while a slow batch is with the providers.
+
+    Without it a batch that outlives its lease (a slow provider, a loaded machine) would be
+    taken over and sent a second time by another worker. Uses its own connection, and
+    skips rows another transaction holds, so it never waits on anyone.
+    """
+
+    def __init__(self, ids: list[int]):
+        super().__init__(name="lease-keeper", daemon=True)
+        self.ids = ids
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        from django.db import connections
+
+        seconds = settings.DELIVERY_LEASE_SECONDS
+        try:
+            while not self.done.wait(max(seconds / 3, 0.5)):
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        """
+                        UPDATE campaigns_delivery SET lease_until = now() + make_interval(secs => %s)
+                        WHERE id IN (SELECT id FROM campaigns_delivery
+                                     WHERE id = ANY(%s) AND status = 'sending' FOR UPDATE SKIP LOCKED)
+                        """,
+                        [seconds, self.ids],
+                    )
+        except Exception:
+            logger.exception("could not extend the lease of %d deliveries", len(self.ids))
+        finally:
+            connections.close_all()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=10)
+
+
 def process(ids: list[int], *, settle: bool = False, now: datetime | None = None) -> dict[str, int]:
     """Re-check, render, send and record claimed deliveries."""
     now = now or timezone.now()
     ids = recheck(ids, now=now)
     messages, failures = build(ids)
-    results, provider_names = _send(messages, settle=settle)
+    keeper = LeaseKeeper([m.delivery_id for m in messages])
+    keeper.start()
+    try:
+        results, provider_names = _send(messages, settle=settle)
+    finally:
+        keeper.stop()
     return record(failures + results, provider_names=provider_names, now=timezone.now())
 
 

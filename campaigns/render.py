@@ -182,7 +182,15 @@ def preferences_url(customer_id: int) -> str:
     return absolute(reverse("tracking:preferences", args=[sign(str(customer_id), PREFERENCES_SALT)]))
 
 
-def message_links(*, delivery_id: int, customer_id: int) -> dict:
+def message_links(*, delivery_id: int, customer_id: int, lazy: bool = False) -> dict:
+    """The message's own signed links; ``lazy`` signs them only if a template uses them."""
+    if lazy:
+        from django.utils.functional import lazy as make_lazy
+
+        return {
+            "unsubscribe_url": make_lazy(unsubscribe_url, str)(delivery_id),
+            "preferences_url": make_lazy(preferences_url, str)(customer_id),
+        }
     return {"unsubscribe_url": unsubscribe_url(delivery_id), "preferences_url": preferences_url(customer_id)}
 
 

@@ -195,3 +195,22 @@ def test_the_tracking_fast_path_counts_like_the_general_one(audience):
     totals = campaign_summary(campaign)["totals"]
     assert (totals["delivered"], totals["opened"], totals["clicked"]) == (2, 2, 1)
     assert Event.objects.filter(name="message.opened", customer_id__in=[first.customer_id, second.customer_id]).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slow_batch_keeps_its_lease_so_no_other_worker_takes_it_over(audience, settings):
+    import time
+
+    settings.DELIVERY_LEASE_SECONDS = 1
+    campaign = make_campaign(audience, channels=("email",))
+    services.campaign_launch(campaign=campaign, actor="test")
+    ids = dispatch.claim(limit=100, now=timezone.now())
+    keeper = dispatch.LeaseKeeper(ids)
+    keeper.start()
+    try:
+        time.sleep(2.5)  # the provider is slow: well past the first lease
+        assert dispatch.claim_expired(limit=100, now=timezone.now()) == []
+    finally:
+        keeper.stop()
+    time.sleep(1.2)
+    assert sorted(dispatch.claim_expired(limit=100, now=timezone.now())) == sorted(ids)
