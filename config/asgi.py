@@ -6,6 +6,8 @@ Run with ``uvicorn config.asgi:application``.
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# Requests share a pool of database connections (see DATABASES in config/settings.py).
+os.environ.setdefault("DATABASE_POOL", "1")
 
 from django.core.asgi import get_asgi_application  # noqa: E402
 

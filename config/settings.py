@@ -123,6 +123,16 @@ if not DATABASE_URL:
     DATABASE_URL = localdb.url(EMBEDDED_POSTGRES)
 
 DATABASES = {"default": database_from_url(DATABASE_URL)}
+# The ASGI server runs each request's database work on whichever thread is free, so
+# per-thread persistent connections turn into a new connection per request. It uses a
+# connection pool instead (config/asgi.py turns this on); workers keep plain connections.
+if env_bool("DATABASE_POOL"):
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"]["pool"] = {
+        "min_size": 2,
+        "max_size": int(os.environ.get("DATABASE_POOL_MAX", "16")),
+        "timeout": 10,
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis (optional): task broker and channel layer -----------------------------------
@@ -139,12 +149,22 @@ if REDIS_URL:
 else:
     # channels-postgres removes a socket from a group through the ORM, on a database alias
     # of its own: the same database as default (a mirror of it in tests).
-    DATABASES["channels_postgres"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
+    DATABASES["channels_postgres"] = {
+        **DATABASES["default"],
+        "OPTIONS": {k: v for k, v in DATABASES["default"]["OPTIONS"].items() if k != "pool"},
+        "CONN_MAX_AGE": 0,
+        "TEST": {"MIRROR": "default"},
+    }
     # channels-postgres needs a full Django database settings dict.
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_postgres.core.PostgresChannelLayer",
-            "CONFIG": {**DATABASES["default"], "CONN_MAX_AGE": 0},
+            # channels-postgres opens its own connections: no Django pool options.
+            "CONFIG": {
+                **DATABASES["default"],
+                "CONN_MAX_AGE": 0,
+                "OPTIONS": {k: v for k, v in DATABASES["default"]["OPTIONS"].items() if k != "pool"},
+            },
         }
     }
 
