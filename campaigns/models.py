@@ -257,12 +257,15 @@ class Counter(models.Model):
     channel = models.CharField(max_length=16, choices=ChannelKind.choices)
     variant_id = models.BigIntegerField(default=0)
     metric = models.CharField(max_length=48, help_text="planned, sent, delivered, … or suppressed.<reason>")
+    # Concurrent transactions add to different shards of the same figure (by backend pid),
+    # so a thousand opens a second do not queue behind one row lock; readers sum them.
+    shard = models.SmallIntegerField(default=0)
     value = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["grain", "campaign_id", "journey_id", "bucket", "channel", "variant_id", "metric"],
+                fields=["grain", "campaign_id", "journey_id", "bucket", "channel", "variant_id", "metric", "shard"],
                 name="counter_unique",
             ),
         ]

@@ -44,11 +44,11 @@ def bump_ctes(source: str) -> str:
         SELECT 'day', date_trunc('day', at), 0, 0, channel, 0, metric, n FROM bump_src
     ),
     bump AS (
-    INSERT INTO campaigns_counter (grain, bucket, campaign_id, journey_id, channel, variant_id, metric, value)
-    SELECT grain, bucket, campaign_id, journey_id, channel, variant_id, metric, sum(n)
+    INSERT INTO campaigns_counter (grain, bucket, campaign_id, journey_id, channel, variant_id, metric, shard, value)
+    SELECT grain, bucket, campaign_id, journey_id, channel, variant_id, metric, pg_backend_pid() %% 8, sum(n)
     FROM bump_grains GROUP BY 1, 2, 3, 4, 5, 6, 7
     ORDER BY 1, 2, 3, 4, 5, 6, 7
-    ON CONFLICT (grain, campaign_id, journey_id, bucket, channel, variant_id, metric)
+    ON CONFLICT (grain, campaign_id, journey_id, bucket, channel, variant_id, metric, shard)
     DO UPDATE SET value = campaigns_counter.value + EXCLUDED.value
     )"""
 
