@@ -1,0 +1,282 @@
+"""The live dashboards in headless Chromium, served by a real ASGI server (uvicorn).
+
+Opens and clicks arrive as plain HTTP requests to the tracking endpoints, the way a mail
+client would send them; the open dashboard changes without a reload, and says so when its
+connection drops and comes back.
+"""
+
+import html
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+from playwright.sync_api import expect
+from psycopg.conninfo import make_conninfo
+
+from campaigns import dispatch, services
+from campaigns.models import Delivery, SandboxMessage
+from campaigns.providers import DeliveryEvent
+from tests.campaigns.conftest import audience, make_campaign  # noqa: F401  (the fixture)
+from tests.conftest import PASSWORD
+
+pytestmark = [
+    pytest.mark.browser,
+    # channels-postgres removes sockets from groups through its own database alias.
+    pytest.mark.django_db(transaction=True, databases=["default", "channels_postgres"]),
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = ROOT / "static" / "screenshots"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class AsgiServer:
+    """``uvicorn config.asgi:application`` in a subprocess, on the test database.
+
+    Django's live_server speaks WSGI only; the dashboards need websockets. The server gets
+    the test's SECRET_KEY (tracking tokens are signed here and checked there) and the
+    PostgreSQL channel layer on the same database, like the zero-setup mode.
+    """
+
+    def __init__(self, log_path: Path):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+        db = connection.settings_dict
+        params = {"dbname": db["NAME"], "user": db["USER"], "password": db["PASSWORD"], "host": db["HOST"],
+                  "port": db["PORT"], **db["OPTIONS"]}
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": make_conninfo(**{key: value for key, value in params.items() if value not in ("", None)}),
+            "DEBUG": "1",
+            "SECRET_KEY": settings.SECRET_KEY,
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "LOG_LEVEL": "WARNING",
+        }
+        # No Redis: the channel layer is channels-postgres on the test database. And the
+        # server must not inherit the test's permission to run the ORM inside event loops.
+        for name in ("REDIS_URL", "DJANGO_ALLOW_ASYNC_UNSAFE"):
+            self.env.pop(name, None)
+
+    def start(self, timeout: float = 60) -> None:
+        command = [
+            sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
+            "--port", str(self.port), "--lifespan", "off", "--no-access-log", "--log-level", "warning",
+        ]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"uvicorn exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.base}/accounts/login/", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"uvicorn did not answer within {timeout:.0f} s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        # SIGINT: a graceful shutdown, which closes open websockets with 1012 (service restart).
+        os.killpg(self.process.pid, signal.SIGINT)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+
+@pytest.fixture
+def asgi_server(tmp_path):
+    server = AsgiServer(tmp_path / "uvicorn.log")
+    server.start()
+    yield server
+    server.stop()
+    # Anything the server logged at WARNING or above is a server-side error the page hid.
+    assert "Traceback" not in server.log(), server.log()
+
+
+@pytest.fixture
+def sent(audience):  # noqa: F811
+    """An email campaign dispatched through the sandbox: ada, bob and fay got it."""
+    campaign = make_campaign(audience, channels=("email",))
+    services.campaign_launch(campaign=campaign, actor="test")
+    dispatch.dispatch(budget_seconds=5)
+    deliveries = {
+        d.customer.first_name.lower(): d
+        for d in Delivery.objects.filter(campaign=campaign, status="sent").select_related("customer")
+    }
+    assert set(deliveries) == {"ada", "bob", "fay"}
+    return campaign, deliveries
+
+
+def tracked_urls(delivery: Delivery) -> tuple[str, str]:
+    """The open pixel's and the sale link's paths, read from the email as it was sent."""
+    body = SandboxMessage.objects.get(delivery_id=delivery.pk).rendered["html"]
+    pixel = re.search(r'<img src="([^"]+)"', body).group(1)
+    click = next(url for url in re.findall(r'href="([^"]+)"', body) if "/t/c/" in html.unescape(url))
+    return urlsplit(html.unescape(pixel)).path, urlsplit(html.unescape(click)).path
+
+
+def sign_in(page, base):
+    page.goto(f"{base}/accounts/login/")
+    page.get_by_label("Username").fill("marketer")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+
+
+def chart_sum(page, prefix: str) -> int:
+    """The sum of the y values of the series chart's traces named ``prefix…``, as drawn."""
+    return page.evaluate(
+        """prefix => document.getElementById('series-chart').data
+            .filter(trace => trace.name.startsWith(prefix))
+            .reduce((sum, trace) => sum + trace.y.reduce((a, b) => a + b, 0), 0)""",
+        prefix,
+    )
+
+
+def shoot(page, path: Path, copy_to: Path) -> None:
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=path, full_page=True)
+    copy_to.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, copy_to)
+
+
+# asgi_server comes before page in each signature: the browser closes first, so it never sees
+# the server go away at teardown (it would log the failed reconnects as console errors).
+def test_the_campaign_dashboard_moves_as_opens_and_clicks_arrive(asgi_server, page, shots, marketer, sent):
+    campaign, deliveries = sent
+    base = asgi_server.base
+    sign_in(page, base)
+    page.goto(f"{base}/dashboards/campaigns/{campaign.pk}/")
+    status = page.locator("[data-live-status]")
+    expect(status).to_have_attribute("data-state", "live")
+    expect(status).to_have_text("Live")
+    opened = page.locator('[data-stat="opened"]')
+    expect(opened).to_have_text("0 · 0")
+    expect(page.locator("#campaign-headline")).to_contain_text("of 3 sent")
+    # The first push on connect has already redrawn the chart.
+    page.wait_for_function("() => document.getElementById('series-chart').dataset.updated")
+    first_update = page.locator("#series-chart").get_attribute("data-updated")
+    assert chart_sum(page, "Opens") == 0
+    # Proof that nothing below reloads the page.
+    page.evaluate("window.__sameDocument = true")
+
+    with httpx.Client(base_url=base, timeout=10) as client:
+        ada_pixel, ada_click = tracked_urls(deliveries["ada"])
+        bob_pixel, _ = tracked_urls(deliveries["bob"])
+        for path in (ada_pixel, ada_pixel, bob_pixel):  # a mail client loading the image twice counts once
+            response = client.get(path)
+            assert response.status_code == 200 and response.headers["content-type"] == "image/gif"
+        response = client.get(ada_click)
+        assert response.status_code == 302 and response.headers["location"] == "https://shop.example.com/sale"
+
+    expect(opened).to_have_text("2 · 1")
+    funnel = page.locator("#campaign-funnels tbody tr").first  # Email: planned, sent, delivered, opened, clicked…
+    expect(funnel.locator("td").nth(3)).to_have_text("2 66.7%")
+    expect(funnel.locator("td").nth(4)).to_have_text("1 33.3%")
+    page.wait_for_function(
+        """first => {
+            const chart = document.getElementById('series-chart');
+            const sum = prefix => chart.data.filter(t => t.name.startsWith(prefix))
+                .reduce((s, t) => s + t.y.reduce((a, b) => a + b, 0), 0);
+            return chart.dataset.updated !== first && sum('Opens') === 2 && sum('Clicks') === 1;
+        }""",
+        arg=first_update,
+    )
+    assert page.evaluate("window.__sameDocument") is True
+    expect(status).to_have_attribute("data-state", "live")
+    shoot(page, shots / "campaign-dashboard.png", SCREENSHOTS / "campaign-dashboard.png")
+
+    # The overview shows today's sends, and moves too.
+    page.goto(f"{base}/")
+    expect(status).to_have_attribute("data-state", "live")
+    expect(page.locator('[data-stat="sent-today"]')).to_have_text("3")
+    today = page.locator('[data-stat="opened-today"]')
+    expect(today).to_have_text("2 · 1")
+    _, fay_click = tracked_urls(deliveries["fay"])
+    assert httpx.get(f"{base}{fay_click}").status_code == 302
+    expect(today).to_have_text("3 · 2")  # a click implies the open
+    expect(page.locator("#overview-channels")).to_contain_text("Email")
+    shoot(page, shots / "overview.png", SCREENSHOTS / "overview.png")
+
+
+def test_the_dashboard_says_when_it_loses_the_server_and_catches_up_when_it_is_back(
+    asgi_server, page, marketer, sent
+):
+    """Stop the server under an open dashboard, change a figure meanwhile, start it again.
+
+    While the server is down the browser logs each failed reconnect attempt as a console
+    error (Chromium's "WebSocket connection … failed", and htmx's wsError as "[object Event]"). So this
+    runs in a browser context of its own: those two are tolerated, and only between the
+    stop and the restart; any other error, or any error outside the outage, fails.
+    """
+    campaign, deliveries = sent
+    base = asgi_server.base
+    context = page.context.browser.new_context(viewport={"width": 1440, "height": 1000})
+    context.set_default_timeout(10_000)
+    watcher = context.new_page()
+    phase, errors = ["before"], []
+    watcher.on("pageerror", lambda error: errors.append((phase[0], "pageerror", str(error))))
+    watcher.on("console", lambda m: errors.append((phase[0], "console", m.text)) if m.type == "error" else None)
+
+    sign_in(watcher, base)
+    watcher.goto(f"{base}/dashboards/campaigns/{campaign.pk}/")
+    status = watcher.locator("[data-live-status]")
+    expect(status).to_have_attribute("data-state", "live")
+    expect(watcher.locator('[data-stat="opened"]')).to_have_text("0 · 0")
+    watcher.evaluate("window.__sameDocument = true")
+
+    phase[0] = "outage"
+    asgi_server.stop()
+    expect(status).to_have_attribute("data-state", "down")
+    expect(status).to_contain_text("reconnecting")
+    # A click recorded while the dashboard cannot hear about it…
+    services.delivery_events_apply(events=[DeliveryEvent("clicked", timezone.now(), delivery_id=deliveries["bob"].pk)])
+    time.sleep(1.5)  # let a reconnect attempt or two fail
+    asgi_server.start()
+    # …htmx retries with full-jitter backoff (at most 1, 2, 4, 8 s for the first retries).
+    expect(status).to_have_attribute("data-state", "live", timeout=30_000)
+    phase[0] = "after"
+    # …and the push on reconnecting catches the page up, without a reload.
+    expect(watcher.locator('[data-stat="opened"]')).to_have_text("1 · 1")
+    expect(status).to_have_text("Live")
+    assert watcher.evaluate("window.__sameDocument") is True
+    context.close()
+
+    def expected(entry):
+        when, kind, text = entry
+        return when == "outage" and kind == "console" and (
+            re.match(r"WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws/dashboards/campaigns/\d+/' failed", text)
+            or text == "[object Event]"
+        )
+
+    assert [entry for entry in errors if not expected(entry)] == []
