@@ -28,7 +28,8 @@ def _rank(expr: str) -> str:
 
 def bump_ctes(source: str) -> str:
     """CTEs that upsert the three counter grains from ``source``, a query yielding
-    (campaign_id, journey_id, channel, variant_id, metric, at, n) with 0 for "none".
+    (campaign_id, journey_id, channel, variant_id, metric, at, n) with 0 for "none";
+    aggregate in ``source`` first, so a million changes expand into a handful of rows.
 
     Rows are upserted in key order, so concurrent workers queue instead of deadlocking.
     """
@@ -79,7 +80,7 @@ def transitions_sql(changed: str, *, ctes: str = "") -> str:
         LEFT JOIN campaigns_campaign cp ON cp.id = ch.campaign_id
         ON CONFLICT DO NOTHING
     ),
-    {bump_ctes("SELECT coalesce(campaign_id, 0) AS campaign_id, coalesce(journey_id, 0) AS journey_id, channel, coalesce(variant_id, 0) AS variant_id, metric, at, 1 AS n FROM changed")}
+    {bump_ctes("SELECT coalesce(campaign_id, 0) AS campaign_id, coalesce(journey_id, 0) AS journey_id, channel, coalesce(variant_id, 0) AS variant_id, metric, date_trunc('minute', at) AS at, count(*) AS n FROM changed GROUP BY 1, 2, 3, 4, 5, 6")}
     SELECT coalesce(campaign_id, 0), coalesce(journey_id, 0), count(*) FROM changed GROUP BY 1, 2
     """
 
@@ -216,7 +217,7 @@ def snapshot_sql(campaign: Campaign, *, variants: list[tuple[int, int]], test_sh
     {bump_ctes("""SELECT %(campaign_id)s::bigint AS campaign_id, 0::bigint AS journey_id, channel,
         coalesce(variant_id, 0) AS variant_id,
         CASE WHEN status = 'suppressed' THEN 'suppressed.' || reason ELSE 'planned' END AS metric,
-        %(now)s::timestamptz AS at, 1 AS n FROM ins""")}
+        %(now)s::timestamptz AS at, count(*) AS n FROM ins GROUP BY 3, 4, 5""")}
     SELECT count(*), count(DISTINCT customer_id), count(*) FILTER (WHERE status <> 'suppressed') FROM ins
     """
     return sql, params
