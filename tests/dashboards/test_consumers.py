@@ -91,7 +91,7 @@ def test_a_marketer_gets_the_dashboard_at_once_and_every_change_after_commit(mar
 
 
 def test_bursts_are_coalesced_and_the_last_change_is_never_lost(marketer, launched, settings, memory_layer):
-    settings.DASHBOARD_PUSH_INTERVAL = 0.3
+    settings.DASHBOARD_PUSH_INTERVAL = 1.0
     session = cookie_for(marketer)
     delivery = Delivery.objects.filter(campaign=launched, status="sent").first()
 
@@ -100,6 +100,7 @@ def test_bursts_are_coalesced_and_the_last_change_is_never_lost(marketer, launch
         await ws.connect()
         await receive_update(ws)
         layer = get_channel_layer()
+        started = time.monotonic()
         for i in range(50):
             if i == 49:
                 # The last notification of the burst carries a real change.
@@ -108,12 +109,14 @@ def test_bursts_are_coalesced_and_the_last_change_is_never_lost(marketer, launch
                     events=[DeliveryEvent("clicked", timezone.now(), delivery_id=delivery.pk)]
                 )
             await layer.group_send(f"campaign.{launched.pk}", {"type": "dashboard.changed"})
+        burst = time.monotonic() - started
         pushes, last = 0, ""
-        while not await ws.receive_nothing(timeout=1):
+        while not await ws.receive_nothing(timeout=1.5):
             last, _ = await receive_update(ws)
             pushes += 1
-        # 50 notifications within one push interval became one push, not 50…
-        assert pushes == 1
+        # 50 notifications became one push per interval the burst lasted (one, unless the
+        # machine is very slow), not 50…
+        assert 1 <= pushes <= 1 + int(burst / settings.DASHBOARD_PUSH_INTERVAL)
         # …and the trailing push shows the last change.
         assert 'data-stat="opened">0 · 1<' in last
         await ws.disconnect(timeout=5)
