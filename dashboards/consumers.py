@@ -14,7 +14,7 @@ from campaigns.models import Campaign
 from customers.roles import can_use_marketing, can_view_customers
 
 from . import live
-from .publish import OVERVIEW, campaign_group
+from .publish import OVERVIEW, campaign_group, publisher
 
 # Close codes the page understands: not signed in, not allowed.
 UNAUTHENTICATED = 4401
@@ -34,6 +34,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             return
         self._last_push = 0.0
         self._flush: asyncio.Task | None = None
+        publisher.server_loop = asyncio.get_running_loop()
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         # Catch up at once: on first connect and after every reconnect.

@@ -37,6 +37,8 @@ class Publisher:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = None
+        # The event loop of the ASGI server in this process, once a dashboard connects.
+        self.server_loop: asyncio.AbstractEventLoop | None = None
 
     def publish(self, groups: set[str]) -> None:
         if not groups:
@@ -59,7 +61,6 @@ class Publisher:
         from channels.layers import get_channel_layer
 
         loop = asyncio.new_event_loop()
-        layer = get_channel_layer()
         last = 0.0
         while True:
             self._wake.wait()
@@ -74,9 +75,17 @@ class Publisher:
                 continue
             last = time.monotonic()
             sent_at = time.time()
+            layer = get_channel_layer()
             for group in sorted(groups):
+                message = layer.group_send(group, {"type": "dashboard.changed", "at": sent_at})
                 try:
-                    loop.run_until_complete(layer.group_send(group, {"type": "dashboard.changed", "at": sent_at}))
+                    server_loop = self.server_loop
+                    if server_loop is not None and server_loop.is_running():
+                        # In the web server, publish on its own event loop: channel layers
+                        # (channels-postgres's connection pool in particular) belong to one loop.
+                        asyncio.run_coroutine_threadsafe(message, server_loop).result(timeout=10)
+                    else:
+                        loop.run_until_complete(message)
                 except Exception:
                     logger.exception("could not publish a dashboard update to %s", group)
 
