@@ -1,13 +1,15 @@
 """Personalisation: Django template syntax over the customer's fields, in a sandbox.
 
-Templates are compiled by an engine of their own: no loaders (so no ``include`` or
-``extends``), and tags that reach outside the message (``load``, ``url``, ``csrf_token``,
-``debug``) are refused. The context holds only plain values: the customer's fields, their
-attributes and the message's own links. A missing value renders empty; ``default`` gives a
-fallback (``{{ first_name|default:"there" }}``).
+Templates are compiled by an engine of their own (``campaigns.templating``): no loaders,
+an allow-list of tags and filters, and limits on loops, output and time. The context holds
+only plain values: the customer's fields, their attributes and the message's own links. A
+missing value renders empty; ``default`` gives a fallback (``{{ first_name|default:"there" }}``).
+Values are HTML-escaped in HTML parts only: an SMS, a subject or a plain-text part says
+``Tom & Jerry's`` as written.
 
-A template that does not compile is refused when the content is saved (a form or API
-error), so a send never fails on a broken template.
+A template that does not compile, or does not render for the sample customer, is refused
+when the content is saved (a form or API error naming the field). One that still fails for
+a particular customer suppresses that delivery with the reason ``render_failed``.
 """
 
 from __future__ import annotations
@@ -15,16 +17,15 @@ from __future__ import annotations
 import hashlib
 import html
 import re
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.core import signing
 from django.db import connection
-from django.template import Context, Engine, TemplateSyntaxError
-from django.template.defaulttags import CsrfTokenNode, DebugNode, LoadNode, URLNode
-from django.template.loader_tags import BlockNode, ExtendsNode, IncludeNode
+from django.template import TemplateSyntaxError
 from django.urls import reverse
+
+from . import templating
 
 # Which fields each channel's content has, which are templates, and which are required.
 CONTENT_FIELDS: dict[str, dict[str, bool]] = {
@@ -34,7 +35,18 @@ CONTENT_FIELDS: dict[str, dict[str, bool]] = {
     "voice": {"text": True},
     "push": {"title": True, "body": True, "link": False},
 }
-FORBIDDEN_NODES = (LoadNode, IncludeNode, ExtendsNode, BlockNode, URLNode, CsrfTokenNode, DebugNode)
+# The most characters each field may have once rendered: what the providers accept
+# (Twilio takes 1,600 characters of SMS, RFC 5322 998 of a subject line). ``variables``
+# is per variable.
+SMS_MAX_CHARACTERS = 1600
+RENDERED_LIMITS: dict[str, dict[str, int]] = {
+    "email": {"subject": 998, "preheader": 500, "html": 500_000, "text": 200_000},
+    "sms": {"body": SMS_MAX_CHARACTERS},
+    "whatsapp": {"template": 512, "variables": 1024, "body": 4096},
+    "voice": {"text": 4000},
+    "push": {"title": 200, "body": 2000, "link": 2000},
+}
+OPT_OUT = "Reply STOP to opt out"
 
 SAMPLE_CUSTOMER = {
     "id": 0,
@@ -49,11 +61,13 @@ SAMPLE_CUSTOMER = {
     "lifecycle_stage": "customer",
     "attributes": {"plan": "pro", "city": "London"},
 }
-
-
-@lru_cache(maxsize=2)
-def _engine(autoescape: bool) -> Engine:
-    return Engine(dirs=[], app_dirs=False, loaders=[], libraries={}, autoescape=autoescape, string_if_invalid="")
+# The longest values a customer's profile columns hold: an SMS must fit for them too.
+LONGEST_CUSTOMER = {
+    **SAMPLE_CUSTOMER,
+    "external_id": "x" * 255, "email": "x" * 242 + "@example.com", "phone": "+" + "9" * 19,
+    "first_name": "x" * 150, "last_name": "x" * 150, "locale": "x" * 35, "timezone": "x" * 64,
+    "lifecycle_stage": "x" * 64,
+}
 
 
 class TemplateProblem(ValueError):
@@ -64,17 +78,17 @@ class TemplateProblem(ValueError):
         self.field = field
         self.message = message
 
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
 
-def _compile(source: str, *, field: str, autoescape: bool):
+
+def _compile(source: str, *, field: str):
     try:
-        template = _engine(autoescape).from_string(source)
+        return templating.compile_template(source)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(field, f"template error: {exc}") from None
-    for node_type in FORBIDDEN_NODES:
-        if template.nodelist.get_nodes_by_type(node_type):
-            tag = node_type.__name__.removesuffix("Node").lower()
-            raise TemplateProblem(field, f"the '{tag}' tag is not available in messages")
-    return template
+    except templating.RenderProblem as exc:
+        raise TemplateProblem(field, str(exc)) from None
 
 
 @dataclass
@@ -82,24 +96,50 @@ class CompiledContent:
     channel: str
     templates: dict
     variables: dict
+    sources: dict = field(default_factory=dict)
 
     def render(self, context: dict) -> dict:
-        ctx = Context(context)
-        rendered = {name: template.render(ctx).strip() if name != "html" else template.render(ctx)
-                    for name, template in self.templates.items()}
+        """Each field rendered for one customer; raises :class:`TemplateProblem` naming the field
+        that fails (a sandbox limit, or a value the template cannot handle)."""
+        budget = templating.message_budget()
+        limits = RENDERED_LIMITS[self.channel]
+        rendered = {}
+        for name, template in self.templates.items():
+            text = self._render(name, template, context, max_chars=limits[name], budget=budget)
+            rendered[name] = text if name == "html" else text.strip()
         if self.variables:
-            rendered["variables"] = {key: template.render(ctx).strip() for key, template in self.variables.items()}
+            rendered["variables"] = {
+                key: self._render(f"variables.{key}", template, context, max_chars=limits["variables"], budget=budget).strip()
+                for key, template in self.variables.items()
+            }
         return rendered
+
+    @staticmethod
+    def _render(name: str, template, context: dict, *, max_chars: int, budget) -> str:
+        try:
+            return templating.render(template, context, autoescape=(name == "html"), max_chars=max_chars, budget=budget)
+        except templating.RenderProblem as exc:
+            raise TemplateProblem(name, str(exc)) from None
+        except Exception as exc:  # a filter can still fail on values, e.g. a bad date format
+            raise TemplateProblem(name, f"does not render: {exc}") from None
+
+    def attributes_read(self) -> dict[str, set[str]]:
+        """Field name -> the ``attributes.<key>`` names its template reads."""
+        return {name: keys for name, source in self.sources.items() if (keys := templating.attributes_read(source))}
 
 
 def compile_content(channel: str, body: dict) -> CompiledContent:
-    """Check and compile one channel's content; raises :class:`TemplateProblem`."""
+    """Check and compile one channel's content; raises :class:`TemplateProblem`.
+
+    The content must render for the sample customer, and an SMS must fit its 1,600
+    characters (the opt-out line included) for the customer with the longest names too.
+    """
     fields = CONTENT_FIELDS[channel]
     unknown = set(body) - set(fields)
     if unknown:
         name = sorted(unknown)[0]
         raise TemplateProblem(name, f"{channel} content has no field '{name}'; it has: {', '.join(fields)}")
-    templates, variables = {}, {}
+    templates, variables, sources = {}, {}, {}
     for name, required in fields.items():
         value = body.get(name)
         if name == "variables":
@@ -108,7 +148,8 @@ def compile_content(channel: str, body: dict) -> CompiledContent:
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise TemplateProblem(name, "variables must be an object of names to text")
             for key, source in value.items():
-                variables[str(key)] = _compile(source, field=f"variables.{key}", autoescape=False)
+                variables[str(key)] = _compile(source, field=f"variables.{key}")
+                sources[f"variables.{key}"] = source
             continue
         if value is None or (isinstance(value, str) and not value.strip()):
             if required:
@@ -116,13 +157,37 @@ def compile_content(channel: str, body: dict) -> CompiledContent:
             continue
         if not isinstance(value, str):
             raise TemplateProblem(name, f"{name} must be text")
-        templates[name] = _compile(value, field=name, autoescape=(name == "html"))
-    compiled = CompiledContent(channel, templates, variables)
-    try:
-        compiled.render(customer_context(SAMPLE_CUSTOMER, links=sample_links()))
-    except Exception as exc:  # a filter can still fail on values, e.g. a bad date format
-        raise TemplateProblem(next(iter(templates), "body"), f"template does not render: {exc}") from None
+        templates[name] = _compile(value, field=name)
+        sources[name] = value
+    compiled = CompiledContent(channel, templates, variables, sources)
+    sample_render(compiled, SAMPLE_CUSTOMER)
+    if channel == "sms":
+        try:
+            sample_render(compiled, LONGEST_CUSTOMER)
+        except TemplateProblem as problem:
+            raise TemplateProblem(problem.field, "for a customer with the longest names and addresses a profile "
+                                                 f"can hold, {problem.message}") from None
     return compiled
+
+
+def sample_render(compiled: CompiledContent, customer: dict) -> dict:
+    """What ``compiled`` would say to ``customer`` as a marketing message, with preview links:
+    the check at save and launch time. Raises :class:`TemplateProblem`."""
+    return with_opt_out(compiled.channel, compiled.render(customer_context(customer, links=sample_links())),
+                        marketing=True)
+
+
+def with_opt_out(channel: str, content: dict, *, marketing: bool) -> dict:
+    """A marketing text gets the opt-out line unless it mentions STOP; raises
+    :class:`TemplateProblem` if the body then passes what the channel accepts."""
+    has_text = channel == "sms" or (channel == "whatsapp" and content.get("body"))
+    if has_text and marketing and "STOP" not in content.get("body", "").upper():
+        content["body"] = (content.get("body", "") + "\n" + OPT_OUT).strip()
+    limit = RENDERED_LIMITS[channel].get("body")
+    if has_text and limit and len(content["body"]) > limit:
+        extra = f" with “{OPT_OUT}”" if content["body"].endswith(OPT_OUT) else ""
+        raise TemplateProblem("body", f"the text would be {len(content['body']):,} characters{extra}; at most {limit:,}")
+    return content
 
 
 def customer_context(customer: dict, *, links: dict) -> dict:

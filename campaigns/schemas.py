@@ -43,8 +43,11 @@ class EmailContentIn(ContentFields):
 # A field named "body" is optional here and required by the template check instead: the
 # API's error describer drops "body" from error paths (it is ninja's name for the request
 # body), so pydantic's own "required" error would name "content.sms" rather than the field.
+# An SMS body is bounded by what it renders to (1,600 characters, the opt-out line included),
+# checked with the sample customer and the one with the longest names, not by the template's
+# own length: a template may hold several versions and send one.
 class SmsContentIn(ContentFields):
-    body: str | None = Field(None, max_length=1600, description="Required")
+    body: str | None = Field(None, max_length=20_000, description="Required; at most 1,600 characters once rendered")
 
 
 class WhatsAppContentIn(ContentFields):

@@ -125,7 +125,7 @@ def test_a_marketer_composes_fixes_launches_and_reads_a_campaign(live_server, pa
     subject = page.locator("#id_A-email-subject")
     expect(subject).to_be_visible()
     error = page.locator(".field:has(#id_A-email-subject) .field-error")
-    expect(error).to_contain_text("Invalid filter: 'shout'")
+    expect(error).to_contain_text("The 'shout' filter is not available in messages")
     expect(page.get_by_role("tab", name="Email")).to_have_class(re.compile("has-error"))
     expect(page.locator("#form-errors")).to_contain_text("Nothing was saved")
     assert not Campaign.objects.exists()
