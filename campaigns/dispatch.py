@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -29,6 +30,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from . import render
+from .models import SuppressionReason
 from .outbox import run_transitions, transitions_sql
 from .policy import RECENT_SQL, ZONES_SQL, PolicySettings, defer_sql, joins_sql, local_zone_sql, reason_sql
 from .providers import OutgoingMessage, SendResult, provider_for
@@ -176,8 +178,21 @@ def _json(value):
     return json.loads(value) if isinstance(value, str) else value
 
 
-def build(ids: list[int]) -> tuple[list[OutgoingMessage], list[SendResult]]:
-    """Render the claimed deliveries; a delivery that cannot be rendered fails permanently."""
+@dataclass
+class RenderFailure:
+    """A claimed delivery whose content cannot be rendered for its customer: it is suppressed
+    with the reason ``render_failed`` and the error, never sent half-made."""
+
+    delivery_id: int
+    error: str
+
+
+def build(ids: list[int]) -> tuple[list[OutgoingMessage], list[SendResult | RenderFailure]]:
+    """Render the claimed deliveries (each template compiled once per batch).
+
+    A delivery whose content cannot be rendered comes back as a :class:`RenderFailure`; one
+    that cannot be sent at all (no push device left) as a permanent :class:`SendResult`.
+    """
     if not ids:
         return [], []
     with connection.cursor() as cursor:
@@ -213,11 +228,17 @@ def build(ids: list[int]) -> tuple[list[OutgoingMessage], list[SendResult]]:
         content_body, payload, attributes = (_json(content_body), _json(payload), _json(attributes))
         body = content_body if content_body is not None else (payload or {}).get(channel)
         key = (variant_id, channel) if content_body is not None else json.dumps(body, sort_keys=True)
+        marketing = not transactional
         try:
             if body is None:
                 raise render.TemplateProblem("content", f"no {channel} content")
             if key not in compiled:
-                compiled[key] = render.compile_content(channel, body)
+                try:
+                    compiled[key] = render.compile_content(channel, body)
+                except render.TemplateProblem as problem:
+                    compiled[key] = problem  # the same answer for the rest of the batch
+            if isinstance(compiled[key], render.TemplateProblem):
+                raise compiled[key]
             links = render.message_links(delivery_id=delivery_id, customer_id=customer_id, lazy=channel != "email")
             customer = {
                 "id": customer_id, "external_id": external_id, "email": email, "phone": phone,
@@ -225,14 +246,11 @@ def build(ids: list[int]) -> tuple[list[OutgoingMessage], list[SendResult]]:
                 "lifecycle_stage": stage, "attributes": attributes,
             }
             content = compiled[key].render(render.customer_context(customer, links=links))
-        except Exception as exc:
-            failures.append(SendResult(delivery_id, False, error=f"content could not be rendered: {exc}", permanent=True))
+            content = render.with_opt_out(channel, content, marketing=marketing)
+        except render.TemplateProblem as problem:
+            failures.append(RenderFailure(delivery_id, f"{channel} {problem}"))
             continue
-        marketing = not transactional
         to = {"email": email, "push": str(customer_id)}.get(channel, phone)
-        has_text = channel == "sms" or (channel == "whatsapp" and content.get("body"))
-        if has_text and marketing and "STOP" not in content.get("body", "").upper():
-            content["body"] = (content.get("body", "") + "\nReply STOP to opt out").strip()
         message = OutgoingMessage(
             delivery_id=delivery_id, customer_id=customer_id, channel=channel, to=to, content=content,
             idempotency_key=f"switchboard-delivery-{delivery_id}", devices=devices.get(customer_id, []),
@@ -264,8 +282,14 @@ def _backoff(attempts: int, retry_after: float | None) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def record(results: list[SendResult], *, provider_names: dict[int, str], now: datetime) -> dict[str, int]:
-    """Record provider outcomes for deliveries still ``sending``; returns counts by outcome."""
+def record(results: list[SendResult | RenderFailure], *, provider_names: dict[int, str], now: datetime) -> dict[str, int]:
+    """Record provider outcomes and render failures for deliveries still ``sending``;
+    returns counts by outcome."""
+    unrendered = [
+        {"id": r.delivery_id, "reason": f"{SuppressionReason.RENDER_FAILED}: {r.error}"[:255]}
+        for r in results if isinstance(r, RenderFailure)
+    ]
+    results = [r for r in results if not isinstance(r, RenderFailure)]
     sent = [
         {"id": r.delivery_id, "provider": provider_names.get(r.delivery_id, ""), "pid": r.provider_message_id}
         for r in results if r.ok
@@ -314,6 +338,20 @@ def record(results: list[SendResult], *, provider_names: dict[int, str], now: da
                 ),
                 {"now": now, "rows": json.dumps(failed)},
             )
+        if unrendered:
+            run_transitions(
+                transitions_sql(
+                    f"""
+                    UPDATE campaigns_delivery d SET status = 'suppressed', reason = r.reason, lease_until = NULL,
+                           updated_at = %(now)s
+                    FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(id bigint, reason text)
+                    WHERE d.id = r.id AND d.status = 'sending'
+                    RETURNING {CHANGED_COLUMNS}, 'suppressed.{SuppressionReason.RENDER_FAILED}'::text AS metric,
+                              %(now)s::timestamptz AS at, r.reason
+                    """
+                ),
+                {"now": now, "rows": json.dumps(unrendered)},
+            )
         if retry:
             with connection.cursor() as cursor:
                 cursor.execute(
@@ -328,7 +366,7 @@ def record(results: list[SendResult], *, provider_names: dict[int, str], now: da
         if dead:
             with connection.cursor() as cursor:
                 cursor.execute("DELETE FROM customers_device WHERE id = ANY(%s)", [dead])
-    return {"sent": len(sent), "failed": len(failed), "retry": len(retry)}
+    return {"sent": len(sent), "failed": len(failed), "retry": len(retry), "suppressed": len(unrendered)}
 
 
 # --- The loop -----------------------------------------------------------------------------------

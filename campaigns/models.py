@@ -158,6 +158,9 @@ class SuppressionReason(models.TextChoices):
     FREQUENCY_CAP = "frequency_cap", "Frequency cap reached"
     NO_CONTENT = "no_content", "No content for this channel"
     EXCLUDED = "excluded", "In an exclusion segment"
+    # At send time: the content could not be rendered for this customer (the error follows
+    # the code in the delivery's reason, e.g. "render_failed: sms body: …").
+    RENDER_FAILED = "render_failed", "Message could not be rendered"
 
 
 class Delivery(models.Model):

@@ -106,6 +106,46 @@ def publish_after_commit(rows: Iterable[tuple]) -> None:
 
 # --- Launch: the audience snapshot --------------------------------------------------------
 
+# A campaign's audience: members of its segments, minus members of its exclusions.
+AUDIENCE_SQL = """
+    audience AS (
+        SELECT DISTINCT m.customer_id FROM segments_segmentmembership m WHERE m.segment_id = ANY(%(segments)s)
+        EXCEPT
+        SELECT m.customer_id FROM segments_segmentmembership m WHERE m.segment_id = ANY(%(excluded)s)
+    )"""
+
+
+def audience_attribute_types(campaign: Campaign, keys: Iterable[str]) -> list[tuple[str, str | None, int, object]]:
+    """For each of ``keys``, the JSON types ``attributes.<key>`` has across the campaign's
+    audience, in one query: (key, type or None when missing, customers, one customer's value)."""
+    keys = sorted(set(keys))
+    if not keys:
+        return []
+    params = {
+        "segments": list(campaign.segments.values_list("pk", flat=True)),
+        "excluded": list(campaign.exclude_segments.values_list("pk", flat=True)),
+        "keys": keys,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH {AUDIENCE_SQL},
+            typed AS (
+                SELECT k.key, jsonb_typeof(c.attributes -> k.key) AS type, count(*) AS customers, min(c.id) AS example
+                FROM audience a JOIN customers_customer c ON c.id = a.customer_id
+                CROSS JOIN unnest(%(keys)s::text[]) AS k(key)
+                GROUP BY 1, 2
+            )
+            SELECT typed.key, typed.type, typed.customers, c.attributes -> typed.key
+            FROM typed JOIN customers_customer c ON c.id = typed.example
+            ORDER BY 1, 2
+            """,
+            params,
+        )
+        # Django's cursor hands jsonb back as text.
+        return [(key, kind, customers, json.loads(value) if isinstance(value, str) else value)
+                for key, kind, customers, value in cursor.fetchall()]
+
 
 def _bucket(salt: str, modulo: int) -> str:
     return f"(abs(hashtext(%(campaign_id)s::text || '{salt}' || a.customer_id::text)::bigint) %% {modulo})"
@@ -158,11 +198,7 @@ def snapshot_sql(campaign: Campaign, *, variants: list[tuple[int, int]], test_sh
     split = f"abs(hashtext(%(campaign_id)s::text || ':c:' || cand.customer_id::text || cand.channel)::bigint)"
     sql = f"""
     WITH {ZONES_SQL}, {RECENT_SQL},
-    audience AS (
-        SELECT DISTINCT m.customer_id FROM segments_segmentmembership m WHERE m.segment_id = ANY(%(segments)s)
-        EXCEPT
-        SELECT m.customer_id FROM segments_segmentmembership m WHERE m.segment_id = ANY(%(excluded)s)
-    ),
+    {AUDIENCE_SQL},
     engaged AS (
         SELECT d.customer_id, d.channel, count(d.opened_at) + count(d.clicked_at) AS score
         FROM campaigns_delivery d

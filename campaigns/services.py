@@ -248,7 +248,9 @@ def campaign_launch(*, campaign: Campaign, actor: str) -> Campaign:
         if locked.status != Campaign.Status.DRAFT:
             raise _transition_error(locked, "launch")
         # Content may have been valid when saved and the topic or segments gone since.
-        _validate(campaign_input_from(locked))
+        data = campaign_input_from(locked)
+        _validate(data)
+        _check_audience_values(locked, data)
         locked.launched_at = now
         locked.starts_at = _starts_at(locked, now)
         if locked.starts_at > now + timedelta(seconds=30):
@@ -259,6 +261,57 @@ def campaign_launch(*, campaign: Campaign, actor: str) -> Campaign:
         audit(actor=actor, action="campaign.launched", object_type="campaign", object_id=locked.pk,
               details={"status": locked.status, "starts_at": locked.starts_at.isoformat()})
     return locked
+
+
+JSON_TYPE_WORDS = {
+    "string": "text", "number": "a number", "boolean": "true/false", "array": "a list", "object": "an object",
+    "null": "null",
+}
+
+
+def _check_audience_values(campaign: Campaign, data: CampaignInput) -> None:
+    """Refuse a launch whose templates fail on the kinds of values the audience holds.
+
+    The types of every ``attributes.<key>`` the templates read are read in one query over
+    the audience; each template is rendered with one real value of each type. Values that
+    change after the launch can still fail a delivery, which is then suppressed with the
+    reason ``render_failed``.
+    """
+    contents = []
+    for i, variant in enumerate(data.variants):
+        prefix = f"variants[{i}]." if len(data.variants) > 1 else ""
+        for channel, body in variant.content.items():
+            compiled = render.compile_content(channel, body)
+            contents.append((prefix, channel, compiled, compiled.attributes_read()))
+    keys = {key for *_, read in contents for keys in read.values() for key in keys}
+    types = outbox.audience_attribute_types(campaign, keys)
+    errors, seen = [], set()
+    for prefix, channel, compiled, read in contents:
+        for field_name, field_keys in read.items():
+            for key, kind, customers, example in types:
+                path = f"{prefix}content.{channel}.{field_name}"
+                if key not in field_keys or (path, key) in seen:
+                    continue
+                attributes = {**render.SAMPLE_CUSTOMER["attributes"], key: example}
+                customer = {**render.SAMPLE_CUSTOMER, "attributes": attributes}
+                try:
+                    render.sample_render(compiled, customer)
+                except render.TemplateProblem as problem:
+                    if problem.field != field_name:
+                        continue
+                    seen.add((path, key))
+                    shown = json.dumps(example)
+                    shown = shown if len(shown) <= 40 else shown[:37] + "…"
+                    who = "1 customer" if customers == 1 else f"{customers:,} customers"
+                    has = "has" if customers == 1 else "have"
+                    value = (f"no attributes.{key}" if kind is None
+                             else f"attributes.{key} as {JSON_TYPE_WORDS.get(kind, kind)} (e.g. {shown})")
+                    errors.append(FieldError(path, (
+                        f"{who} in the audience {has} {value}, and the {channel} {field_name} cannot be rendered "
+                        f"for them: {problem.message}"
+                    )))
+    if errors:
+        raise InputError(errors, message="The message cannot be rendered for part of the audience; nothing was launched.")
 
 
 def _start(campaign: Campaign, *, now: datetime) -> None:

@@ -115,6 +115,14 @@ def _funnel_row(label: str, counts, *, channel: str = "", key: str = "", goal: b
             "failed": counts.get("failed", 0) + counts.get("bounced", 0), "suppressed": counts.get("suppressed", 0)}
 
 
+def _reason_words(reason: str, labels: dict) -> str:
+    """A delivery's reason as words: the label of its code, then any detail ("render_failed: …")."""
+    code, _, detail = reason.partition(": ")
+    if code not in labels:
+        return reason
+    return f"{labels[code]}: {detail}" if detail else labels[code]
+
+
 def _suppression_rows(by_reason: dict) -> list[dict]:
     labels = dict(SuppressionReason.choices)
     top = max(by_reason.values(), default=0)
@@ -354,7 +362,7 @@ def _deliveries_context(campaign: Campaign, after: int | None) -> dict:
     return {
         "campaign": campaign,
         "deliveries": [
-            (delivery, DELIVERY_TONE.get(delivery.status, "neutral"), labels.get(delivery.reason, delivery.reason))
+            (delivery, DELIVERY_TONE.get(delivery.status, "neutral"), _reason_words(delivery.reason, labels))
             for delivery in rows
         ],
         "next_after": next_after,

@@ -1,6 +1,7 @@
 """Personalisation as customers receive it: escaping per part, the sandbox's limits, and
 templates that meet the values an audience really holds."""
 
+import re
 from datetime import time
 
 import pytest
@@ -8,6 +9,8 @@ from django.urls import reverse
 
 from campaigns import dispatch, services
 from campaigns.models import Campaign, Delivery, SandboxMessage
+from campaigns.queries import campaign_summary
+from customers.models import Customer
 from tests.campaigns.conftest import make_campaign
 from tests.campaigns.test_views import compose_data, field_errors, text
 from tests.factories import DeviceFactory
@@ -150,3 +153,69 @@ def test_the_rendered_sms_is_measured_not_the_template(api, audience):
     names = api.post("/campaigns", campaign_body(audience, "x" * 1300 + " {{ full_name }}"))
     assert names.status_code == 400
     assert "longest names" in errors_of(names)["content.sms.body"]
+
+
+# --- Values the audience holds ------------------------------------------------------------------
+
+
+LOOP = "Your plans: {% for p in attributes.plan %}{{ p }} {% endfor %}"
+
+
+def set_plans(audience, **plans):
+    for name, plan in plans.items():
+        Customer.objects.filter(pk=audience["people"][name].pk).update(attributes={"plan": plan})
+
+
+def test_a_launch_is_refused_when_the_template_fails_on_a_type_the_audience_holds(api, audience):
+    set_plans(audience, ada=["pro", "team"], cyd=5)
+    created = api.post("/campaigns", campaign_body(audience, LOOP))
+    assert created.status_code == 201, created.content  # the sample customer's plan is text
+    campaign_id = created.json()["id"]
+
+    response = api.post(f"/campaigns/{campaign_id}/launch")
+
+    assert response.status_code == 400, response.content
+    message = errors_of(response)["content.sms.body"]
+    assert "1 customer in the audience has attributes.plan as a number (e.g. 5)" in message
+    assert "{% for %} needs a list" in message
+    campaign = Campaign.objects.get(pk=campaign_id)
+    assert campaign.status == Campaign.Status.DRAFT and not Delivery.objects.exists()
+
+
+def test_the_launch_page_says_why_the_launch_was_refused(client, marketer, audience):
+    set_plans(audience, ada=["pro"], cyd={"name": "pro"}, dee=True)
+    campaign = make_campaign(audience, channels=("sms",),
+                             variants=[services.VariantInput(key="A", content={"sms": {"body": LOOP}})])
+    client.force_login(marketer)
+
+    response = client.post(reverse("campaigns:launch", args=[campaign.pk]))
+
+    assert response.status_code == 422
+    assert "attributes.plan as true/false (e.g. true)" in re.sub(r"\s+", " ", text(response))
+    assert not Delivery.objects.exists()
+
+
+def test_a_customer_the_template_fails_for_at_send_is_suppressed_with_the_reason(api, client, marketer, audience):
+    set_plans(audience, ada=["pro", "team"], cyd=["team"])
+    campaign = make_campaign(audience, channels=("sms",),
+                             variants=[services.VariantInput(key="A", content={"sms": {"body": LOOP}})])
+    services.campaign_launch(campaign=campaign, actor="test")
+    # The profile changes between the launch and the send.
+    set_plans(audience, cyd=5)
+
+    totals = dispatch.dispatch(budget_seconds=10)
+
+    assert (totals["sent"], totals["suppressed"]) == (1, 1)
+    ada = Delivery.objects.get(campaign=campaign, customer=audience["people"]["ada"])
+    assert sandbox(ada)["body"].startswith("Your plans: pro team")
+    cyd = Delivery.objects.get(campaign=campaign, customer=audience["people"]["cyd"])
+    assert cyd.status == "suppressed"
+    assert cyd.reason.startswith("render_failed: sms body: {% for %} needs a list, and attributes.plan is a number")
+    assert not SandboxMessage.objects.filter(delivery_id=cyd.pk).exists()
+    assert campaign_summary(Campaign.objects.get(pk=campaign.pk))["suppressed_by_reason"]["render_failed"] == 1
+    assert api.get(f"/messages/{cyd.pk}").json()["reason"] == cyd.reason
+
+    client.force_login(marketer)
+    page = text(client.get(reverse("campaigns:detail", args=[campaign.pk])))
+    assert re.search(r'data-reason="render_failed">\s*<span class="reason-label">Message could not be rendered</span>', page)
+    assert "Message could not be rendered: sms body: {% for %} needs a list" in page
