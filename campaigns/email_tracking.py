@@ -12,9 +12,19 @@ import hashlib
 import json
 import logging
 
+from anymail.exceptions import AnymailWebhookValidationFailure
 from anymail.signals import tracking
+from anymail.webhooks.base import AnymailCoreWebhookView
+from django.contrib.auth.decorators import login_not_required
+from django.core.exceptions import ImproperlyConfigured
 from django.dispatch import receiver
+from django.http import HttpResponseNotFound
+from django.urls import URLPattern
+from django.utils.decorators import method_decorator
+from django.views.decorators.csrf import csrf_exempt
 from django.utils import timezone
+
+from customers.validation import EARLIEST
 
 from .providers import DeliveryEvent
 from .providers.email import DjangoEmail
@@ -37,6 +47,67 @@ KINDS = {
 # Some ESPs report soft bounces as "bounced" and say so only in their own fields. A soft
 # bounce is followed by a delivery or a hard bounce, so it must not make an address unusable.
 SOFT_BOUNCE_MARKERS = ("soft", "transient", "dnserror", "temporary")
+
+
+class MalformedWebhook(AnymailWebhookValidationFailure):
+    """A webhook body the ESP's parser could not read: Django answers 400 (SuspiciousOperation)."""
+
+
+class _MalformedIs400:
+    """Mixed into every anymail webhook view: a body that fails validation or parsing with
+    any error is the sender's fault (400), not ours (500, which makes the ESP retry it
+    forever). Errors in our own signal receivers still answer 500, so real events are
+    delivered again. The webhook of an ESP that is not configured here (no signing key,
+    its package not installed) answers 404 instead of raising ImproperlyConfigured."""
+
+    unavailable: ImproperlyConfigured | None = None
+
+    def __init__(self, **kwargs):
+        try:
+            super().__init__(**kwargs)
+        except ImproperlyConfigured as exc:
+            self.unavailable = exc
+
+    @method_decorator(csrf_exempt)
+    @method_decorator(login_not_required)
+    def dispatch(self, request, *args, **kwargs):
+        if self.unavailable is not None:
+            logger.warning("webhook for an ESP that is not configured: %s (%s)", request.path, self.unavailable)
+            return HttpResponseNotFound("This ESP's webhook is not configured here.", content_type="text/plain")
+        return super().dispatch(request, *args, **kwargs)
+
+    def run_validators(self, request):
+        try:
+            super().run_validators(request)
+        except AnymailWebhookValidationFailure:
+            raise
+        except Exception as exc:
+            raise MalformedWebhook(f"{self.esp_name} webhook could not be read: {exc!r}") from exc
+
+    def parse_events(self, request):
+        try:
+            # list(): a parser may be a generator that fails only while iterated.
+            return list(super().parse_events(request))
+        except AnymailWebhookValidationFailure:
+            raise
+        except Exception as exc:
+            raise MalformedWebhook(f"{self.esp_name} webhook could not be read: {exc!r}") from exc
+
+
+def webhook_urls():
+    """anymail's URL patterns (one per ESP and kind), each view made to answer 400 to bodies
+    it cannot read; for ``include()`` in place of ``"anymail.urls"``."""
+    from anymail import urls
+
+    patterns = []
+    for pattern in urls.urlpatterns:
+        view_class = getattr(pattern.callback, "view_class", None)
+        if view_class is not None and issubclass(view_class, AnymailCoreWebhookView):
+            guarded = type(view_class.__name__, (_MalformedIs400, view_class), {})
+            callback = guarded.as_view(**getattr(pattern.callback, "view_initkwargs", {}))
+            pattern = URLPattern(pattern.pattern, callback, pattern.default_args, pattern.name)
+        patterns.append(pattern)
+    return patterns, urls.app_name
 
 
 def _is_soft_bounce(esp_event) -> bool:
@@ -76,6 +147,15 @@ def _delivery_for(message_id: str):
     )
 
 
+def _moment(timestamp):
+    """The ESP's event time, or now when it has none or an impossible one (ahead of our
+    clock, or before 1970): the timeline only stores times in that window."""
+    now = timezone.now()
+    if timestamp is None or timestamp.tzinfo is None or not EARLIEST <= timestamp <= now:
+        return now
+    return timestamp
+
+
 @receiver(tracking, dispatch_uid="campaigns.email_tracking")
 def on_tracking(sender, event, esp_name, **kwargs) -> None:
     from . import services
@@ -94,7 +174,7 @@ def on_tracking(sender, event, esp_name, **kwargs) -> None:
     services.delivery_events_apply(events=[
         DeliveryEvent(
             kind=kind,
-            occurred_at=event.timestamp or timezone.now(),
+            occurred_at=_moment(event.timestamp),
             delivery_id=delivery["id"],
             provider=DjangoEmail.name,
             provider_message_id=str(event.message_id),

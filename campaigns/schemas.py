@@ -9,18 +9,19 @@ they check shapes and types. What only the database or the template engine can j
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from ninja import Field, Schema
-from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
 from customers.models import ChannelKind
-from customers.schemas import EVENT_NAME, CustomerRef, StrictSchema
+from customers.validation import SCHEDULE_HORIZON, InvalidValue, check_moment
+from customers.schemas import EVENT_NAME, CustomerRef, ScheduleTime, StrictSchema
 
 from .models import Campaign, DeliveryStatus
 
-LOCAL_MOMENT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}$")
+LOCAL_MOMENT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")  # use with fullmatch
 VARIANT_KEY = r"^[A-Za-z0-9]{1,8}$"
 
 
@@ -100,13 +101,15 @@ class GoalIn(StrictSchema):
     @field_validator("event")
     @classmethod
     def _event(cls, value):
-        if not EVENT_NAME.match(value):
+        if not EVENT_NAME.fullmatch(value):
             raise ValueError(f"'{value}' is not an event name: start with a letter; use letters, digits, _ . : -")
         return value
 
 
 class ScheduleIn(StrictSchema):
-    at: AwareDatetime | None = Field(None, description="ISO 8601 with a UTC offset, e.g. 2026-12-01T09:00:00+01:00")
+    at: ScheduleTime | None = Field(
+        None, description="ISO 8601 with a UTC offset, e.g. 2026-12-01T09:00:00+01:00; at most 5 years ahead"
+    )
     local: str | None = Field(
         None, description="'YYYY-MM-DDTHH:MM', read in each recipient's own timezone", examples=["2026-12-01T09:00"]
     )
@@ -116,12 +119,17 @@ class ScheduleIn(StrictSchema):
     def _local(cls, value):
         if value is None:
             return value
-        if not LOCAL_MOMENT.match(value):
+        if not LOCAL_MOMENT.fullmatch(value):
             raise ValueError("give the local date and time as YYYY-MM-DDTHH:MM, without an offset")
         try:
-            datetime.fromisoformat(value)
+            moment = datetime.fromisoformat(value)
         except ValueError:
             raise ValueError(f"'{value}' is not a date and time") from None
+        try:
+            # The same horizon as 'at'; as a wall-clock time it is read as if in UTC.
+            check_moment(moment.replace(tzinfo=UTC), ahead=SCHEDULE_HORIZON)
+        except InvalidValue as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @model_validator(mode="after")

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from customers.models import ChannelKind, Customer, Topic
 from customers.services import FieldError, InputError, audit
+from customers.validation import SCHEDULE_HORIZON, InvalidValue, check_moment
 from segments.models import Segment
 
 from . import outbox, render
@@ -126,8 +127,14 @@ def _validate(data: CampaignInput, *, campaign: Campaign | None = None) -> tuple
             errors.append(FieldError("send_at", "give a timezone offset, e.g. 2026-12-01T09:00:00+01:00"))
         elif data.send_at < now - timedelta(minutes=5):
             errors.append(FieldError("send_at", "that time has passed"))
-    elif data.schedule == Campaign.Schedule.LOCAL and data.send_at_local is None:
-        errors.append(FieldError("send_at_local", "give the local date and time, e.g. 2026-12-01T09:00"))
+        else:
+            _check_schedule_window("send_at", data.send_at, errors)
+    elif data.schedule == Campaign.Schedule.LOCAL:
+        if data.send_at_local is None:
+            errors.append(FieldError("send_at_local", "give the local date and time, e.g. 2026-12-01T09:00"))
+        else:
+            # A wall-clock time, checked as if in UTC (the recipients' zones are within a day of it).
+            _check_schedule_window("send_at_local", data.send_at_local.replace(tzinfo=timezone.UTC), errors)
     if data.throttle_per_minute is not None and data.throttle_per_minute < 1:
         errors.append(FieldError("throttle_per_minute", "at least 1 message a minute, or no throttle"))
     if data.test_percent is not None:
@@ -148,6 +155,13 @@ def _validate(data: CampaignInput, *, campaign: Campaign | None = None) -> tuple
     if errors:
         raise InputError(errors)
     return topic, segments, excluded
+
+
+def _check_schedule_window(field_name: str, moment: datetime, errors: list[FieldError]) -> None:
+    try:
+        check_moment(moment, ahead=SCHEDULE_HORIZON)
+    except InvalidValue as exc:
+        errors.append(FieldError(field_name, str(exc)))
 
 
 def _campaign_fields(data: CampaignInput, topic: Topic) -> dict:

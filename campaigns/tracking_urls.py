@@ -2,7 +2,7 @@
 
 from django.urls import include, path
 
-from . import tracking, webhooks
+from . import email_tracking, tracking, webhooks
 
 app_name = "tracking"
 
@@ -13,5 +13,5 @@ urlpatterns = [
     path("p/<str:token>", tracking.preferences, name="preferences"),
     path("webhooks/twilio/status", webhooks.twilio_status, name="twilio-status"),
     path("webhooks/twilio/inbound", webhooks.twilio_inbound, name="twilio-inbound"),
-    path("webhooks/anymail/", include("anymail.urls")),
+    path("webhooks/anymail/", include(email_tracking.webhook_urls())),
 ]

@@ -4,19 +4,53 @@ Every error is JSON: ``{"message": "...", "errors": [{"index", "field", "message
 with ``index`` set for items of batch requests.
 """
 
+import json
 import logging
 
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404
+from django.http import Http404, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.parser import Parser
 
 from customers.auth import ApiKeyAuth
 from customers.services import InputError
+from customers.validation import unstorable
 
 logger = logging.getLogger(__name__)
 
 BATCH_FIELDS = {"events", "customers"}
+
+class StorableInputParser(Parser):
+    """Reads request bodies and query strings, refusing what the database cannot store.
+
+    Every text and JSON value the API accepts passes through here, however deeply it is
+    nested (attributes, event properties, rule trees, content): a NUL character, or a NaN or
+    Infinity (which Python's JSON reader accepts), becomes a 400 naming its field path,
+    before any schema or service sees it.
+    """
+
+    def parse_body(self, request):
+        data = json.loads(request.body)
+        _refuse_unstorable(data, "body")
+        return data
+
+    def parse_querydict(self, data, list_fields, request):
+        result = super().parse_querydict(data, list_fields, request)
+        _refuse_unstorable(result, "query")
+        return result
+
+
+class UnstorableInput(ValidationError):
+    pass
+
+
+def _refuse_unstorable(data, origin: str) -> None:
+    problems = [{"loc": (origin, *where), "msg": message, "type": "value_error"} for where, message in unstorable(data)]
+    if problems:
+        raise UnstorableInput(problems)
+
 
 api = NinjaAPI(
     title="Switchboard API",
@@ -30,6 +64,7 @@ api = NinjaAPI(
     openapi_url="/openapi.json",
     urls_namespace="api",
     auth=ApiKeyAuth(),
+    parser=StorableInputParser(),
 )
 
 
@@ -82,6 +117,8 @@ def on_authentication_error(request, exc):
 
 @api.exception_handler(HttpError)
 def on_http_error(request, exc: HttpError):
+    if isinstance(exc.__cause__, UnstorableInput):  # ninja wraps whatever the body parser raises
+        return on_validation_error(request, exc.__cause__)
     message = str(exc)
     if message.startswith("Cannot parse request body"):
         message = "The request body is not valid JSON; send a JSON object with Content-Type: application/json."
@@ -92,6 +129,16 @@ def on_http_error(request, exc: HttpError):
 def on_not_found(request, exc):
     message = str(exc) if str(exc) else "Not found."
     return error_response(request, 404, message)
+
+
+@csrf_exempt  # API clients send no CSRF token; nothing is written here
+def not_found(request, *args, **kwargs):
+    """Any /api/ path no endpoint answers (``/api/v1/customers/abc`` included: ids are whole
+    numbers): the API's JSON 404 rather than Django's HTML page."""
+    return JsonResponse(
+        {"message": f"No API endpoint at {request.path}; ids are whole numbers. See /api/docs.", "errors": []},
+        status=404,
+    )
 
 
 @api.exception_handler(RequestDataTooBig)

@@ -1,7 +1,7 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 
-from config.api import api
+from config.api import api, not_found
 
 admin.site.site_header = "Switchboard administration"
 admin.site.site_title = "Switchboard admin"
@@ -9,6 +9,7 @@ admin.site.site_title = "Switchboard admin"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", api.urls),
+    re_path(r"^api/", not_found),
     path("accounts/", include("django.contrib.auth.urls")),
     path("customers/", include("customers.urls")),
     path("segments/", include("segments.urls")),

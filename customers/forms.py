@@ -14,7 +14,9 @@ class CustomerSearchForm(forms.Form):
         """The search arguments for ``customers_search``; an invalid value counts as unset."""
         self.is_valid()
         data = getattr(self, "cleaned_data", {})
-        return {"term": data.get("q", ""), "stage": data.get("stage", ""), "reachable": data.get("reachable", "")}
+        # A refused term (a NUL character, say) still searches, finding nobody rather than everyone.
+        term = data.get("q", "") if "q" not in self.errors else str(self.data.get("q", ""))
+        return {"term": term, "stage": data.get("stage", ""), "reachable": data.get("reachable", "")}
 
 
 class TimelineFilterForm(forms.Form):

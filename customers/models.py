@@ -8,6 +8,20 @@ from django.db.models import Q
 from django.db.models.functions import Lower, Upper
 from django.utils import timezone as tz
 
+from .validation import EARLIEST, LATEST
+
+
+def in_window(field: str, name: str, *, nullable: bool = False) -> models.CheckConstraint:
+    """A CHECK that keeps ``field`` in the stored window (see ``customers.validation``): a row
+    outside it could not be read back into Python, and would break every page showing it."""
+    condition = Q(**{f"{field}__gte": EARLIEST, f"{field}__lt": LATEST})
+    if nullable:
+        condition |= Q(**{f"{field}__isnull": True})
+    return models.CheckConstraint(
+        condition=condition, name=name,
+        violation_error_message=f"{field} must be from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d}.",
+    )
+
 
 class ChannelKind(models.TextChoices):
     EMAIL = "email", "Email"
@@ -22,6 +36,8 @@ class CustomerQuerySet(models.QuerySet):
         term = term.strip()
         if not term:
             return self
+        if "\x00" in term:
+            return self.none()  # no stored value holds a NUL, and PostgreSQL cannot compare with one
         # Each branch matches an index (emails are stored lower-case; names have upper()
         # pattern indexes), so PostgreSQL combines index scans instead of reading every row.
         query = (
@@ -81,6 +97,8 @@ class Customer(models.Model):
             models.UniqueConstraint(
                 Lower("email"), condition=~Q(email=""), name="customer_email_unique"
             ),
+            # Set from the events' occurred_at.
+            in_window("last_seen_at", "customer_last_seen_in_window", nullable=True),
         ]
         indexes = [
             models.Index(fields=["phone"], name="customer_phone_idx", condition=~Q(phone="")),
@@ -187,6 +205,7 @@ class Consent(models.Model):
     class Meta:
         ordering = ["-occurred_at", "-id"]
         indexes = [models.Index(fields=["customer", "channel", "-occurred_at"], name="consent_ledger_idx")]
+        constraints = [in_window("occurred_at", "consent_occurred_in_window")]
 
     def __str__(self) -> str:
         return f"{'granted' if self.granted else 'revoked'} {self.channel} for {self.customer_id}"
@@ -211,7 +230,10 @@ class ConsentState(models.Model):
     consent = models.ForeignKey(Consent, on_delete=models.CASCADE, related_name="+")
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["customer", "channel"], name="consent_state_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["customer", "channel"], name="consent_state_unique"),
+            in_window("updated_at", "consent_state_updated_in_window"),
+        ]
 
 
 class ChannelStatus(models.Model):
@@ -297,6 +319,8 @@ class Event(models.Model):
                 condition=Q(idempotency_key__isnull=False),
                 name="event_idempotency_unique",
             ),
+            in_window("occurred_at", "event_occurred_in_window"),
+            in_window("received_at", "event_received_in_window"),
         ]
         indexes = [
             models.Index(fields=["customer", "-occurred_at", "-id"], name="event_timeline_idx"),

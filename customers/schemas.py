@@ -9,18 +9,27 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from django.utils import timezone
 from ninja import Field, Schema
-from pydantic import AwareDatetime, BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, field_validator, model_validator
 
 from .models import PLATFORM_PREFIXES, ChannelKind, Device, LegalBasis
-from .validation import InvalidValue, normalize_email, normalize_phone, normalize_timezone
+from .validation import (
+    CONSENT_AHEAD,
+    EVENT_AHEAD,
+    SCHEDULE_HORIZON,
+    InvalidValue,
+    check_moment,
+    normalize_email,
+    normalize_phone,
+    normalize_timezone,
+)
 
-ATTRIBUTE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-EVENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.:\-]{0,127}$")
-LOCALE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+# Names are checked with fullmatch: "$" would also match before a trailing newline.
+ATTRIBUTE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.:\-]{0,127}")
+LOCALE = re.compile(r"[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*")
 
 
 class StrictSchema(BaseModel):
@@ -28,6 +37,22 @@ class StrictSchema(BaseModel):
     which multiplies the cost of a 1,000-item batch)."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+def _window(ahead: timedelta):
+    def check(value: datetime) -> datetime:
+        try:
+            return check_moment(value, ahead=ahead)
+        except InvalidValue as exc:
+            raise ValueError(str(exc)) from None
+
+    return AfterValidator(check)
+
+
+# Every timestamp the API accepts is one of these (the window is in customers.validation).
+EventTime = Annotated[AwareDatetime, _window(EVENT_AHEAD)]
+ConsentTime = Annotated[AwareDatetime, _window(CONSENT_AHEAD)]
+ScheduleTime = Annotated[AwareDatetime, _window(SCHEDULE_HORIZON)]
 
 
 def _normalised(function, value):
@@ -82,7 +107,7 @@ class CustomerIn(StrictSchema):
     @field_validator("locale")
     @classmethod
     def _locale(cls, value):
-        if value and not LOCALE.match(value):
+        if value and not LOCALE.fullmatch(value):
             raise ValueError(f"'{value}' is not a locale such as en, en-GB or pt_BR")
         return value
 
@@ -90,7 +115,7 @@ class CustomerIn(StrictSchema):
     @classmethod
     def _attributes(cls, value):
         for key in value or {}:
-            if not ATTRIBUTE_KEY.match(key):
+            if not ATTRIBUTE_KEY.fullmatch(key):
                 raise ValueError(
                     f"attribute name '{key}' must start with a letter or underscore and contain only "
                     "letters, digits and underscores (at most 64)"
@@ -130,7 +155,9 @@ class EventIn(StrictSchema):
     customer: CustomerRef
     name: str = Field(..., description="e.g. order_completed")
     properties: dict[str, Any] = Field(default_factory=dict)
-    occurred_at: AwareDatetime | None = Field(None, description="ISO 8601 with a UTC offset; default: now")
+    occurred_at: EventTime | None = Field(
+        None, description="ISO 8601 with a UTC offset, from 1970 to a day ahead of now; default: now"
+    )
     idempotency_key: str | None = Field(
         None, min_length=1, max_length=255, description="Unique per API key's source; a retried event is stored once"
     )
@@ -138,20 +165,13 @@ class EventIn(StrictSchema):
     @field_validator("name")
     @classmethod
     def _name(cls, value):
-        if not EVENT_NAME.match(value):
+        if not EVENT_NAME.fullmatch(value):
             raise ValueError(
                 f"'{value}' is not an event name: start with a letter; use letters, digits, _ . : - (at most 128)"
             )
         for prefix in PLATFORM_PREFIXES:
             if value.startswith(prefix):
                 raise ValueError(f"event names starting with '{prefix}' are reserved for events Switchboard records itself")
-        return value
-
-    @field_validator("occurred_at")
-    @classmethod
-    def _not_future(cls, value):
-        if value is not None and value > timezone.now() + timedelta(days=1):
-            raise ValueError("occurred_at is more than a day in the future; check the clock or the UTC offset")
         return value
 
 
@@ -191,7 +211,7 @@ class ConsentIn(StrictSchema):
     granted: bool
     source: str = Field(..., min_length=1, max_length=64, description="e.g. signup_form, ivr, contact_centre")
     legal_basis: LegalBasis = LegalBasis.CONSENT
-    occurred_at: AwareDatetime | None = None
+    occurred_at: ConsentTime | None = Field(None, description="ISO 8601 with a UTC offset, from 1970 to now; default: now")
     proof: ConsentProofIn = Field(default_factory=ConsentProofIn)
 
 

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from customers.models import ChannelKind
+from customers.validation import format_path, unstorable
 
 TEXT_FIELDS = ("external_id", "email", "phone", "first_name", "last_name", "locale", "timezone", "lifecycle_stage")
 DATE_FIELDS = ("created_at", "updated_at", "last_seen_at")
@@ -40,9 +41,12 @@ DATE_OPS = {"lt", "lte", "gt", "gte", "within_days", "before_days", "exists", "n
 BOOL_OPS = {"eq", "ne", "exists", "not_exists"}
 ALL_OPS = TEXT_OPS | NUMBER_OPS | DATE_OPS
 COUNT_OPS = set(COMPARE)
-KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$")
+KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # use with fullmatch
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?")
 MAX_DEPTH = 12
+# within_days / before_days: a century either way is more than any audience needs, and keeps
+# "now minus that many days" a date Python and PostgreSQL can both represent.
+MAX_DAYS = 36_500
 MAX_NODES = 200
 
 
@@ -152,7 +156,7 @@ class _Validator:
             return None
         if name.startswith("attributes."):
             key = name.removeprefix("attributes.")
-            if not KEY.match(key):
+            if not KEY.fullmatch(key):
                 self.fail(f"{path}.attr", f"'{key}' is not an attribute name (letters, digits and _)")
                 return None
             kind = None  # decided by the value
@@ -190,8 +194,8 @@ class _Validator:
             if kind not in (None, "date"):
                 self.fail(f"{path}.op", f"'{op}' compares dates, and {subject} is text")
                 return None
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                self.fail(f"{path}.value", f"'{op}' needs a number of days (0 or more)")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_DAYS:
+                self.fail(f"{path}.value", f"'{op}' needs a number of days from 0 to {MAX_DAYS:,}")
                 return None
             return {"op": op, "value": value, "type": "date"}
         if op in ("in", "not_in"):
@@ -226,6 +230,9 @@ class _Validator:
             return None
         if value_type == "date" and op in ("eq", "ne"):
             value_type = "text"  # exact match on the stored text
+        elif value_type == "date" and not _is_real_date(value):
+            self.fail(f"{path}.value", f"'{value}' is not a real date and time")
+            return None
         return {"op": op, "value": value, "type": value_type}
 
     def _event(self, rule, path, depth):
@@ -241,7 +248,7 @@ class _Validator:
             return None
         for i, condition in enumerate(where):
             cpath = f"{path}.where[{i}]"
-            if not isinstance(condition, dict) or not isinstance(condition.get("prop"), str) or not KEY.match(
+            if not isinstance(condition, dict) or not isinstance(condition.get("prop"), str) or not KEY.fullmatch(
                 condition.get("prop", "")
             ):
                 self.fail(f"{cpath}.prop", "each condition needs a prop (a property name of the event)")
@@ -252,8 +259,8 @@ class _Validator:
                 out["where"].append({"prop": condition["prop"], **checked})
         if "within_days" in rule and rule["within_days"] is not None:
             days = rule["within_days"]
-            if isinstance(days, bool) or not isinstance(days, (int, float)) or days <= 0:
-                self.fail(f"{path}.within_days", "within_days must be a positive number of days")
+            if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 < days <= MAX_DAYS:
+                self.fail(f"{path}.within_days", f"within_days must be a positive number of days, at most {MAX_DAYS:,}")
             else:
                 out["within_days"] = days
         count = rule.get("count", {"op": "gte", "value": 1})
@@ -309,13 +316,22 @@ class _Validator:
         return {"segment": segment_id}
 
 
+def _is_real_date(value: str) -> bool:
+    """Whether an ISO_DATE-shaped string names a moment that exists (no month 13, no year 0)."""
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _value_type(value: Any) -> str | None:
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, (int, float)):
         return "number"
     if isinstance(value, str):
-        return "date" if ISO_DATE.match(value) else "text"
+        return "date" if ISO_DATE.fullmatch(value) else "text"
     return None
 
 
@@ -325,6 +341,10 @@ def validate(rules: Any, *, topics: dict[str, int], segment_ids: set[int], self_
     ``topics`` maps topic keys to ids; ``segment_ids`` are the segments a rule may refer to.
     Cycles through other segments are checked by the caller, which knows their rules.
     """
+    # NUL characters and NaN / Infinity cannot reach SQL parameters or stored JSON.
+    unusable = [{"path": format_path(("rules", *where)), "message": message} for where, message in unstorable(rules)]
+    if unusable:
+        raise RuleError(unusable)
     validator = _Validator(topics=topics, segment_ids=segment_ids, self_id=self_id)
     normalised = validator.node(rules, "rules", 0)
     if validator.nodes > MAX_NODES:
