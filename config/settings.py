@@ -248,9 +248,17 @@ def _mailer_from_env() -> dict:
 
     The deprecated EMAIL_* *settings* cannot coexist with MAILERS, so the environment
     variables of the same names are read here into the SMTP backend's OPTIONS instead.
+    Every email the app sends (password resets, campaigns through EMAIL_PROVIDER=django)
+    goes through this one mailer.
     """
     smtp = "django.core.mail.backends.smtp.EmailBackend"
-    backend = os.environ.get("EMAIL_BACKEND", smtp)
+    # The demo has no mail server: with neither a backend nor a relay named, DEBUG prints
+    # each email (a password-reset link included) in the terminal running the app, instead
+    # of failing to reach an SMTP server on localhost after the page said it was sent.
+    default = smtp
+    if DEBUG and not os.environ.get("EMAIL_HOST"):
+        default = "config.mail.EmailBackend"
+    backend = os.environ.get("EMAIL_BACKEND", default)
     options: dict = {}
     if backend == smtp:
         options = {
