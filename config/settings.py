@@ -205,9 +205,9 @@ LOGOUT_REDIRECT_URL = "login"
 
 # --- Sign-in protection -------------------------------------------------------------------
 # django-axes counts failed sign-ins in the database (no Redis needed) for the sign-in page
-# and Django admin alike; accounts/ records sign-ins in the audit trail. The client address
-# is REMOTE_ADDR: behind a reverse proxy, uvicorn sets it from X-Forwarded-For only for the
-# proxies in FORWARDED_ALLOW_IPS (loopback by default).
+# and Django admin alike; accounts/ records sign-ins in the audit trail and limits password
+# resets. The client address is REMOTE_ADDR: behind a reverse proxy, uvicorn sets it from
+# X-Forwarded-For only for the proxies in FORWARDED_ALLOW_IPS (loopback by default).
 from datetime import timedelta  # noqa: E402
 
 INSTALLED_APPS += ["axes", "accounts"]
@@ -231,6 +231,11 @@ AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "accounts.views.locked_out"
 # No version banner from every process `make run` starts; failures are still logged.
 AXES_VERBOSE = False
+
+# Password reset emails: at most this many per address and per client in the window.
+PASSWORD_RESET_LIMIT_PER_ADDRESS = int(os.environ.get("PASSWORD_RESET_LIMIT_PER_ADDRESS", "3"))
+PASSWORD_RESET_LIMIT_PER_CLIENT = int(os.environ.get("PASSWORD_RESET_LIMIT_PER_CLIENT", "10"))
+PASSWORD_RESET_WINDOW = timedelta(minutes=int(os.environ.get("PASSWORD_RESET_WINDOW_MINUTES", "60")))
 
 # --- Internationalisation --------------------------------------------------------------------
 

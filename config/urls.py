@@ -9,7 +9,7 @@ admin.site.site_title = "Switchboard admin"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", api.urls),
-    path("accounts/", include("django.contrib.auth.urls")),
+    path("accounts/", include("accounts.urls")),
     path("customers/", include("customers.urls")),
     path("segments/", include("segments.urls")),
     path("campaigns/", include("campaigns.urls")),
