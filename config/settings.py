@@ -203,6 +203,40 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 
+# --- Sign-in protection -------------------------------------------------------------------
+# django-axes counts failed sign-ins in the database (no Redis needed) for the sign-in page
+# and Django admin alike; accounts/ records sign-ins in the audit trail and limits password
+# resets. The client address is REMOTE_ADDR: behind a reverse proxy, uvicorn sets it from
+# X-Forwarded-For only for the proxies in FORWARDED_ALLOW_IPS (loopback by default).
+from datetime import timedelta  # noqa: E402
+
+INSTALLED_APPS += ["axes", "accounts"]
+# Last, as axes asks: it turns a lockout flagged during the request into the lockout page.
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")
+AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out client before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = int(os.environ.get("LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("LOGIN_LOCKOUT_MINUTES", "15")))
+# Per account and client, and per account alone so that a guess spread over many addresses
+# is stopped too; never per address alone, so colleagues behind one office address are not
+# locked out by someone else's typos.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "username"]
+# A lockout lasts the cool-off from the failure that caused it: retrying while locked out
+# does not push it further away.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "accounts.views.locked_out"
+# No version banner from every process `make run` starts; failures are still logged.
+AXES_VERBOSE = False
+
+# Password reset emails: at most this many per address and per client in the window.
+PASSWORD_RESET_LIMIT_PER_ADDRESS = int(os.environ.get("PASSWORD_RESET_LIMIT_PER_ADDRESS", "3"))
+PASSWORD_RESET_LIMIT_PER_CLIENT = int(os.environ.get("PASSWORD_RESET_LIMIT_PER_CLIENT", "10"))
+PASSWORD_RESET_WINDOW = timedelta(minutes=int(os.environ.get("PASSWORD_RESET_WINDOW_MINUTES", "60")))
+
 # --- Internationalisation --------------------------------------------------------------------
 
 LANGUAGE_CODE = "en-us"
@@ -248,9 +282,17 @@ def _mailer_from_env() -> dict:
 
     The deprecated EMAIL_* *settings* cannot coexist with MAILERS, so the environment
     variables of the same names are read here into the SMTP backend's OPTIONS instead.
+    Every email the app sends (password resets, campaigns through EMAIL_PROVIDER=django)
+    goes through this one mailer.
     """
     smtp = "django.core.mail.backends.smtp.EmailBackend"
-    backend = os.environ.get("EMAIL_BACKEND", smtp)
+    # The demo has no mail server: with neither a backend nor a relay named, DEBUG prints
+    # each email (a password-reset link included) in the terminal running the app, instead
+    # of failing to reach an SMTP server on localhost after the page said it was sent.
+    default = smtp
+    if DEBUG and not os.environ.get("EMAIL_HOST"):
+        default = "config.mail.EmailBackend"
+    backend = os.environ.get("EMAIL_BACKEND", default)
     options: dict = {}
     if backend == smtp:
         options = {

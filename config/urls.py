@@ -10,7 +10,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", api.urls),
     re_path(r"^api/", not_found),
-    path("accounts/", include("django.contrib.auth.urls")),
+    path("accounts/", include("accounts.urls")),
     path("customers/", include("customers.urls")),
     path("segments/", include("segments.urls")),
     path("campaigns/", include("campaigns.urls")),
