@@ -246,9 +246,10 @@ HAND_JUDGED = """
         ON sub.customer_id = m.customer_id AND sub.topic_id = %(topic)s AND sub.channel = ch.channel
     LEFT JOIN (SELECT d.customer_id, count(*) AS sent FROM campaigns_delivery d
                JOIN customers_topic t ON t.id = d.topic_id AND NOT t.is_transactional
-               WHERE d.sent_at > %(now)s - make_interval(hours => %(cap_hours)s)
-                 AND d.status IN ('sent', 'delivered', 'opened', 'clicked', 'converted', 'bounced', 'complained',
-                                  'unsubscribed')
+               WHERE (d.sent_at > %(now)s - make_interval(hours => %(cap_hours)s)
+                      AND d.status IN ('sent', 'delivered', 'opened', 'clicked', 'converted', 'bounced',
+                                       'complained', 'unsubscribed'))
+                  OR d.status = 'sending'
                GROUP BY 1) cap ON cap.customer_id = m.customer_id
     LEFT JOIN (SELECT customer_id, channel, count(opened_at) + count(clicked_at) AS score FROM campaigns_delivery
                WHERE opened_at IS NOT NULL AND created_at > %(now)s - interval '180 days'

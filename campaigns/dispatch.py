@@ -5,6 +5,9 @@ Exactly-once, as far as a provider allows it:
 - A batch is claimed with ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)`` and
   committed as ``sending`` with a lease *before* any provider is called, so two workers
   never hold the same delivery.
+- The send policy is re-checked in that same transaction, one customer at a time across
+  workers, so a delivery committed as ``sending`` has passed it and counts towards the
+  frequency cap of whoever re-checks that customer next.
 - Outcomes are recorded with ``WHERE status = 'sending'``: a worker that outlived its lease
   cannot overwrite what another worker settled.
 - A delivery still ``sending`` after its lease expired belonged to a worker that died
@@ -32,7 +35,16 @@ from django.utils import timezone
 from . import render
 from .models import SuppressionReason
 from .outbox import run_transitions, transitions_sql
-from .policy import RECENT_SQL, ZONES_SQL, PolicySettings, defer_sql, joins_sql, local_zone_sql, reason_sql
+from .policy import (
+    CAP_LOCK_SQL,
+    RECENT_SQL,
+    ZONES_SQL,
+    PolicySettings,
+    defer_sql,
+    joins_sql,
+    local_zone_sql,
+    reason_sql,
+)
 from .providers import OutgoingMessage, SendResult, provider_for
 
 logger = logging.getLogger(__name__)
@@ -48,7 +60,16 @@ def _lease() -> timedelta:
 
 
 def claim(*, limit: int, now: datetime) -> list[int]:
-    """Claim up to ``limit`` due deliveries for this worker; committed before returning."""
+    """Claim up to ``limit`` due deliveries for this worker; committed before returning.
+
+    The claimed deliveries are re-checked against the policy before the commit (see
+    :func:`recheck`); returns the ids still to send.
+    """
+    return _claim(limit=limit, now=now)[1]
+
+
+def _claim(*, limit: int, now: datetime) -> tuple[int, list[int]]:
+    """:func:`claim`, also returning how many were claimed (re-checked away or not)."""
     lease_until = now + _lease()
     ids: list[int] = []
     with transaction.atomic(), connection.cursor() as cursor:
@@ -98,11 +119,14 @@ def claim(*, limit: int, now: datetime) -> list[int]:
                 {"lease": lease_until, "now": now, "limit": limit - len(ids)},
             )
             ids += [row[0] for row in cursor.fetchall()]
-    return ids
+        return len(ids), recheck(ids, now=now)
 
 
 def claim_expired(*, limit: int, now: datetime) -> list[int]:
-    """Take over deliveries whose worker died while sending them (their lease expired)."""
+    """Take over deliveries whose worker died while sending them (their lease expired).
+
+    Re-checked like :func:`claim`; returns the ids still to send.
+    """
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             """
@@ -115,7 +139,7 @@ def claim_expired(*, limit: int, now: datetime) -> list[int]:
             """,
             {"lease": now + _lease(), "now": now, "limit": limit},
         )
-        return [row[0] for row in cursor.fetchall()]
+        return recheck([row[0] for row in cursor.fetchall()], now=now)
 
 
 # --- The policy, again, just before sending ---------------------------------------------------
@@ -125,12 +149,14 @@ def recheck(ids: list[int], *, now: datetime) -> list[int]:
     """Apply the send policy to claimed deliveries as things stand now.
 
     Suppresses what may no longer be sent (an unsubscribe since launch, the frequency cap
-    counting what was sent meanwhile), puts back what quiet hours now forbid, and returns
-    the ids still to send.
+    counting what was sent meanwhile and what other workers are sending), puts back what
+    quiet hours now forbid, and returns the ids still to send. Call it in the transaction
+    that claimed ``ids``: what it lets through must stay ``sending`` from the moment it
+    counted, so that the next worker to re-check the same customer counts it.
     """
     if not ids:
         return []
-    params = {**PolicySettings.current().params(), "now": now, "ids": ids}
+    params = {**PolicySettings.current().params(), "now": now, "ids": ids, "rechecking": ids}
     judged = f"""
         WITH {ZONES_SQL}, {RECENT_SQL},
         cand AS (
@@ -144,6 +170,7 @@ def recheck(ids: list[int], *, now: datetime) -> list[int]:
         LEFT JOIN recent ON recent.customer_id = cand.customer_id
     """
     with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(CAP_LOCK_SQL, {"ids": ids})
         cursor.execute("CREATE TEMP TABLE IF NOT EXISTS dispatch_judged (id bigint, reason text, due timestamptz)")
         cursor.execute("TRUNCATE dispatch_judged")
         cursor.execute(f"INSERT INTO dispatch_judged {judged}", params)
@@ -443,10 +470,8 @@ class LeaseKeeper(threading.Thread):
         self.join(timeout=10)
 
 
-def process(ids: list[int], *, settle: bool = False, now: datetime | None = None) -> dict[str, int]:
-    """Re-check, render, send and record claimed deliveries."""
-    now = now or timezone.now()
-    ids = recheck(ids, now=now)
+def process(ids: list[int], *, settle: bool = False) -> dict[str, int]:
+    """Render, send and record claimed (and re-checked) deliveries."""
     messages, failures = build(ids)
     keeper = LeaseKeeper([m.delivery_id for m in messages])
     keeper.start()
@@ -466,12 +491,12 @@ def dispatch(*, budget_seconds: float = 50, batch_size: int | None = None) -> di
         now = timezone.now()
         expired = claim_expired(limit=batch_size, now=now)
         if expired:
-            for key, value in process(expired, settle=True, now=now).items():
+            for key, value in process(expired, settle=True).items():
                 totals[key] += value
             continue
-        ids = claim(limit=batch_size, now=now)
-        if not ids:
+        claimed, ids = _claim(limit=batch_size, now=now)
+        if not claimed:
             break
-        for key, value in process(ids, now=now).items():
+        for key, value in process(ids).items():
             totals[key] += value
     return dict(totals)

@@ -16,7 +16,8 @@ Rules, in the order the first failing one names the reason:
                         transactional topics go out unless the customer explicitly opted out
 6. ``frequency_cap``    marketing only: at most FREQUENCY_CAP_MESSAGES marketing messages
                         per customer in FREQUENCY_CAP_HOURS, across every channel, campaign
-                        and journey
+                        and journey; messages a worker is sending right now count too, and
+                        workers re-check a customer one at a time (``CAP_LOCK_SQL``)
 7. quiet hours          marketing only: outside QUIET_HOURS in the customer's timezone the
                         delivery is deferred to the next allowed local time, never dropped
 """
@@ -58,6 +59,8 @@ class PolicySettings:
             "quiet_start": self.quiet_start,
             "quiet_end": self.quiet_end,
             "default_tz": self.default_timezone,
+            # Deliveries being re-checked: in flight, but not yet against themselves.
+            "rechecking": [],
         }
 
 
@@ -77,7 +80,7 @@ def reason_sql(*, cap_counts: str = "cap.sent") -> str:
     Expects in scope: ``cand`` (customer_id, channel), ``c`` (the customer), ``t`` (the
     topic), ``cs`` (the channel status row, left-joined), ``st`` (the consent state,
     left-joined), ``sub`` (the subscription row, left-joined) and ``cap_counts`` (marketing
-    messages already sent in the window, NULL when none).
+    messages sent in the window or being sent, NULL when none).
     """
     return f"""
     CASE
@@ -104,16 +107,39 @@ def joins_sql(*, topic: str = "cand.topic_id") -> str:
     """
 
 
-# Marketing messages sent per customer in the cap window: a CTE named "recent".
+# Marketing messages per customer that count towards the cap: a CTE named "recent". Those
+# sent in the window, and those a worker is sending now (they passed the re-check and may
+# reach the customer any moment), except the ones being re-checked themselves.
 RECENT_SQL = f"""
     recent AS (
         SELECT d.customer_id, count(*) AS sent
         FROM campaigns_delivery d JOIN customers_topic rt ON rt.id = d.topic_id
-        WHERE d.sent_at > %(now)s - make_interval(hours => %(cap_hours)s)
-          AND d.status IN {SENT_STATUSES!r}
+        WHERE ((d.sent_at > %(now)s - make_interval(hours => %(cap_hours)s) AND d.status IN {SENT_STATUSES!r})
+               OR (d.status = 'sending' AND d.id <> ALL(%(rechecking)s::bigint[])))
           AND NOT rt.is_transactional
         GROUP BY d.customer_id
     )
+"""
+
+# Advisory-lock namespace of the frequency cap ("fcap" in ASCII).
+CAP_LOCK_SPACE = 0x66636170
+
+# Serialises the cap re-check per customer. Taken by the dispatcher, in the transaction that
+# claims deliveries, for every customer with a marketing delivery among %(ids)s, before it
+# counts what is in flight: a second worker with the same customer waits until the first
+# committed its decision, then counts the first one's deliveries as being sent. The locks
+# are taken in key order, so two workers locking overlapping customers never deadlock;
+# ids past 2**31 - 1 wrap around (two customers sharing a lock only wait for each other). Run it
+# as its own statement: the counting statement after it must see what the other committed.
+# One lock per customer in the batch: PostgreSQL's shared lock table (max_locks_per_transaction
+# × max_connections entries) must hold DELIVERY_BATCH_SIZE per concurrent worker.
+CAP_LOCK_SQL = f"""
+    SELECT count(pg_advisory_xact_lock({CAP_LOCK_SPACE}, k.key)) FROM (
+        SELECT DISTINCT (d.customer_id %% 2147483647)::int AS key
+        FROM campaigns_delivery d JOIN customers_topic t ON t.id = d.topic_id
+        WHERE d.id = ANY(%(ids)s) AND NOT t.is_transactional
+        ORDER BY 1
+    ) k
 """
 
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db import OperationalError, connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from . import signals
@@ -72,6 +72,31 @@ def audit(*, actor: str, action: str, object_type: str, object_id: object = "", 
     )
 
 
+# Errors that mean a concurrent transaction got there first: a deadlock, a serialization
+# failure, or a unique key (an external id, an email) it inserted and committed while we
+# were deciding to insert the same one. Run again from the start, the same work sees the
+# other transaction's rows and succeeds.
+_LOST_RACE_SQLSTATES = frozenset({"40P01", "40001", "23505"})
+
+
+def _retry_lost_races(write, /, **kwargs):
+    """Call ``write(**kwargs)``, which runs one whole transaction, again if it lost a race.
+
+    ``write`` must decide everything inside its transaction (what exists, what to create),
+    so that a second run sees what the winner committed. Gives up after three tries.
+    """
+    for attempt in range(3):
+        try:
+            return write(**kwargs)
+        except DatabaseError as exc:
+            sqlstate = getattr(exc.__cause__, "sqlstate", None)
+            if sqlstate not in _LOST_RACE_SQLSTATES or attempt == 2:
+                raise
+            logger.warning("%s retried after %s", write.__name__, sqlstate)
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 # --- Customers ----------------------------------------------------------------------------
 
 
@@ -105,6 +130,9 @@ def customers_upsert(*, items: list[CustomerInput], source: str, actor: str) -> 
     are merged key by key (a ``null`` value removes the key). Raises :class:`InputError`
     (nothing written) when an item's email belongs to a customer with another external id,
     when the same customer appears twice in the batch, or when a topic is unknown.
+
+    Requests racing to create the same new customer all succeed: the one that inserts it
+    reports it created, the others update it (``created`` is False for them).
     """
     errors: list[FieldError] = []
     _check_batch_duplicates(items, errors)
@@ -118,7 +146,13 @@ def customers_upsert(*, items: list[CustomerInput], source: str, actor: str) -> 
                 )
     if errors:
         raise InputError(errors)
+    return _retry_lost_races(_customers_upsert_once, items=items, topics=topics, source=source, actor=actor)
 
+
+def _customers_upsert_once(
+    *, items: list[CustomerInput], topics: dict[str, Topic], source: str, actor: str
+) -> list[UpsertResult]:
+    errors: list[FieldError] = []
     now = timezone.now()
     with transaction.atomic():
         by_external_id = {
@@ -588,16 +622,7 @@ def events_ingest(*, items: list[EventInput], source: str, actor: str = "") -> I
     whose ``idempotency_key`` was already stored for ``source`` are skipped, so a retried
     batch writes nothing twice. Set-based: a constant number of statements per batch.
     """
-    for attempt in range(3):
-        try:
-            return _events_ingest_once(items=items, source=source, actor=actor)
-        except OperationalError as exc:
-            # Deadlock or serialization failure against a concurrent batch: retry.
-            if getattr(exc.__cause__, "sqlstate", None) not in {"40P01", "40001"} or attempt == 2:
-                raise
-            logger.warning("event batch retried after %s", exc.__cause__.sqlstate)
-            time.sleep(0.05 * (attempt + 1))
-    raise AssertionError("unreachable")
+    return _retry_lost_races(_events_ingest_once, items=items, source=source, actor=actor)
 
 
 def _events_ingest_once(*, items: list[EventInput], source: str, actor: str) -> IngestResult:
