@@ -18,13 +18,26 @@ def env_list(name: str, default: str = "") -> list[str]:
 
 # Zero-setup mode (no DATABASE_URL) is the local demo, so it defaults to DEBUG on.
 DEBUG = env_bool("DEBUG", default=not os.environ.get("DATABASE_URL"))
-SECRET_KEY = os.environ.get("SECRET_KEY") or (
-    "insecure-development-key-set-SECRET_KEY-in-production" if DEBUG else ""
-)
+
+# --- Secret key (see config/secret_key.py) ---------------------------------------------------
+# SECRET_KEY from the environment; without it, a local installation (DEBUG on) uses a random
+# key generated on first run and kept in .data/secret_key. With DEBUG off the key must be
+# set and strong. SECRET_KEY_FALLBACKS (comma-separated) keeps old links valid while rotating.
+from config import secret_key as _secret_key  # noqa: E402
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS")
+if not SECRET_KEY and DEBUG:
+    SECRET_KEY = _secret_key.installation_key(Path(os.environ.get("SECRET_KEY_FILE", BASE_DIR / ".data" / "secret_key")))
 if not SECRET_KEY:
     from django.core.exceptions import ImproperlyConfigured
 
-    raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (see README, Configuration).")
+    raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (see README, Production deployment).")
+if not DEBUG:
+    _secret_key.require_strong("SECRET_KEY", SECRET_KEY)
+    for _fallback in SECRET_KEY_FALLBACKS:
+        _secret_key.require_strong("A key in SECRET_KEY_FALLBACKS", _fallback)
+# --- end of secret key ------------------------------------------------------------------------
 
 SITE_URL = os.environ.get("SITE_URL", "http://localhost:8000").rstrip("/")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")

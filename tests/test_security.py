@@ -1,0 +1,88 @@
+"""Security defaults: the secret key, production's HTTPS and headers, the Content-Security-Policy,
+and `check --deploy` with the environment the README's production section gives."""
+
+import os
+import re
+import secrets
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from config import secret_key
+from tests.factories import CustomerFactory
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+PUBLISHED = "insecure-development-key-set-SECRET_KEY-in-production"
+
+
+def production_env(**extra) -> dict:
+    """The environment of the README's production deployment section (Redis named, not needed here)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DEBUG", "SECRET_KEY", "SITE_URL",
+                                                                                 "ALLOWED_HOSTS", "SECURE_", "EMAIL_",
+                                                                                 "ANYMAIL_", "REDIS_URL"))}
+    env.update({
+        "DATABASE_URL": os.environ.get("DATABASE_URL") or settings_database_url(),
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "ALLOWED_HOSTS": "switchboard.example.com",
+        "SITE_URL": "https://switchboard.example.com",
+        "PYTHONWARNINGS": "ignore",
+    })
+    env.update(extra)
+    return env
+
+
+def settings_database_url() -> str:
+    from psycopg.conninfo import make_conninfo
+
+    db = settings.DATABASES["default"]
+    return make_conninfo(dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"], host=db["HOST"],
+                         port=str(db["PORT"] or ""))
+
+
+def run(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120)
+
+
+# --- The secret key -------------------------------------------------------------------------------
+
+
+def test_each_installation_generates_its_own_private_key_on_first_run(tmp_path):
+    path = tmp_path / ".data" / "secret_key"
+    key = secret_key.installation_key(path)
+    assert len(key) >= 50 and secret_key.weakness(key) is None
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # readable by its owner only
+    assert secret_key.installation_key(path) == key  # read back on later runs
+    assert secret_key.installation_key(tmp_path / "other" / "secret_key") != key
+    # The running settings (the tests, `make run`) never use a key published in the repository.
+    assert settings.SECRET_KEY not in secret_key.PUBLISHED_KEYS and secret_key.weakness(settings.SECRET_KEY) is None
+
+
+def test_forging_a_link_with_the_published_key_opens_nothing(client, db):
+    """What anyone could do with the key that was in the repository: sign a customer id."""
+    from django.core import signing
+
+    ada = CustomerFactory(email="ada@example.com", phone="+14155550123")
+    for salt in ("switchboard.preferences", "switchboard.preferences.timestamped"):
+        for forge in (signing.Signer(key=PUBLISHED, salt=salt).sign,
+                      signing.TimestampSigner(key=PUBLISHED, salt=salt).sign):
+            response = client.get(f"/p/{forge(str(ada.pk))}")
+            assert response.status_code == 404
+            assert "ada@example.com" not in response.content.decode() and "+14155550123" not in response.content.decode()
+
+
+@pytest.mark.parametrize("key, why", [
+    ("", "SECRET_KEY must be set"),
+    (PUBLISHED, "published in Switchboard's source code"),
+    ("django-insecure-" + "x1y2z3" * 10, "marked insecure"),
+    ("short-but-random-8fK2", "use at least 50"),
+    ("ab" * 40, "fewer than 5 different characters"),
+])
+def test_production_refuses_to_start_with_a_missing_or_weak_key(key, why):
+    result = run(["manage.py", "check"], production_env(SECRET_KEY=key))
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and why in result.stderr
