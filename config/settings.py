@@ -312,6 +312,21 @@ PROVIDERS = {
 # The demo plays delivery, opens, clicks and conversions for sandbox sends.
 SANDBOX_SIMULATE = env_bool("SANDBOX_SIMULATE", default=False)
 
+# --- Preference-centre links (campaigns/tracking.py) ---------------------------------------
+# A link to the preference centre shows the customer's email address and phone number, so it
+# expires; an expired one offers to email a fresh link. Unsubscribe links never expire
+# (they show no more than the address the message went to, and must keep working).
+from datetime import timedelta  # noqa: E402
+
+PREFERENCES_LINK_MAX_AGE = timedelta(days=float(os.environ.get("PREFERENCES_LINK_MAX_AGE_DAYS", "30")))
+# At most this many fresh links are emailed to one address in an hour (so the form cannot
+# be used to flood an inbox), counted in the cache: Redis when there is one (shared by every
+# web process), otherwise each process's memory.
+PREFERENCES_LINK_REQUESTS_PER_HOUR = int(os.environ.get("PREFERENCES_LINK_REQUESTS_PER_HOUR", "3"))
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+# --- end of preference-centre links ---------------------------------------------------------
+
 # The send policy (campaigns/policy.py).
 FREQUENCY_CAP_MESSAGES = int(os.environ.get("FREQUENCY_CAP_MESSAGES", "3"))
 FREQUENCY_CAP_HOURS = int(os.environ.get("FREQUENCY_CAP_HOURS", "24"))
