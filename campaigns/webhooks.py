@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
+from functools import wraps
 from hashlib import sha1
 from urllib.parse import urlsplit, urlunsplit
 
@@ -69,6 +70,28 @@ CALL_TEXT = {"busy": "the line was busy", "no-answer": "nobody answered", "cance
 STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"}
 START_WORDS = {"START", "UNSTOP"}
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+
+
+def esp_webhook_guard(view):
+    """Wrap one of anymail's webhook views: with DEBUG off, refuse every call while
+    ``ANYMAIL["WEBHOOK_SECRET"]`` is unset.
+
+    Without the secret anymail accepts any post, and a forged bounce or complaint would make
+    a customer's address unusable. The development server (DEBUG on) keeps them open for
+    trying an ESP out; ``campaigns.checks`` warns at startup and fails ``check --deploy``.
+    """
+
+    @wraps(view)
+    def guarded(request, *args, **kwargs):
+        if not settings.DEBUG and not settings.ANYMAIL.get("WEBHOOK_SECRET"):
+            logger.warning("Refused an ESP webhook at %s: ANYMAIL_WEBHOOK_SECRET is not set", request.path)
+            return JsonResponse({
+                "message": "ESP webhooks are turned off: ANYMAIL_WEBHOOK_SECRET is not set on this server, so "
+                           "their sender could not be checked. Nothing was written.",
+            }, status=503)
+        return view(request, *args, **kwargs)
+
+    return csrf_exempt(guarded)
 
 
 def _bad(field: str, message: str) -> JsonResponse:

@@ -86,3 +86,19 @@ def test_production_refuses_to_start_with_a_missing_or_weak_key(key, why):
     result = run(["manage.py", "check"], production_env(SECRET_KEY=key))
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr and why in result.stderr
+
+
+# --- Provider webhooks in production ----------------------------------------------------------
+
+
+def test_production_with_an_esp_and_no_webhook_secret_fails_the_deploy_check_and_warns_at_startup():
+    env = production_env(EMAIL_PROVIDER="django", EMAIL_BACKEND="anymail.backends.postmark.EmailBackend",
+                         ANYMAIL_SETTINGS='{"POSTMARK_SERVER_TOKEN": "token"}')
+    started = run(["manage.py", "check"], env)  # any process: web server, workers, commands
+    assert started.returncode == 0
+    assert "ANYMAIL_WEBHOOK_SECRET is not set" in started.stderr and "refuse every call" in started.stderr
+    deploy = run(["manage.py", "check", "--deploy"], env)
+    assert deploy.returncode != 0 and "switchboard.E001" in deploy.stderr
+    protected = run(["manage.py", "check", "--deploy"], {**env, "ANYMAIL_WEBHOOK_SECRET": "esp:" + secrets.token_hex(16)})
+    assert protected.returncode == 0, protected.stderr
+    assert "ANYMAIL_WEBHOOK_SECRET" not in protected.stderr
