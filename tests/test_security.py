@@ -102,3 +102,77 @@ def test_production_with_an_esp_and_no_webhook_secret_fails_the_deploy_check_and
     protected = run(["manage.py", "check", "--deploy"], {**env, "ANYMAIL_WEBHOOK_SECRET": "esp:" + secrets.token_hex(16)})
     assert protected.returncode == 0, protected.stderr
     assert "ANYMAIL_WEBHOOK_SECRET" not in protected.stderr
+
+
+# --- Production: HTTPS, HSTS, headers, check --deploy ---------------------------------------------
+
+PRODUCTION_REQUESTS = """
+import django, os
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+django.setup()
+from django.test import Client
+client = Client(HTTP_HOST="switchboard.example.com")
+plain = client.get("/accounts/login/")
+print("plain", plain.status_code, plain.get("Location"))
+secure = client.get("/accounts/login/", secure=True)
+print("secure", secure.status_code)
+for name in ("Strict-Transport-Security", "Content-Security-Policy", "Permissions-Policy", "X-Frame-Options"):
+    print(name + ":", secure.get(name))
+"""
+
+
+def test_production_redirects_to_https_and_sends_hsts_csp_and_permissions_policy():
+    result = run(["-c", PRODUCTION_REQUESTS], production_env())
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "plain 301 https://switchboard.example.com/accounts/login/" in out
+    assert "secure 200" in out
+    hsts = re.search(r"Strict-Transport-Security: (.*)", out).group(1)
+    assert re.match(r"max-age=\d{8}", hsts) and "includeSubDomains" in hsts
+    csp = re.search(r"Content-Security-Policy: (.*)", out).group(1)
+    assert "script-src 'self' 'nonce-" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert "connect-src 'self' wss://switchboard.example.com" in csp
+    assert "camera=()" in re.search(r"Permissions-Policy: (.*)", out).group(1)
+
+
+def test_check_deploy_with_the_documented_production_environment_reports_nothing():
+    result = run(["manage.py", "check", "--deploy", "--fail-level", "WARNING"], production_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+# --- The Content-Security-Policy on our own pages --------------------------------------------------
+
+SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b([^>]*)>", re.I)
+INLINE_ATTRIBUTE = re.compile(r"<[a-z][^>]*\s(style|on[a-z]+)\s*=", re.I)
+
+
+def assert_nothing_inline_without_the_nonce(response):
+    page = response.content.decode()
+    policy = response["Content-Security-Policy"]
+    # The nonce is made only when a page uses it; without one, nothing inline may be there at all.
+    nonce = (re.search(r"'nonce-([^']+)'", policy) or [None, "(no nonce)"])[1]
+    for tag, attributes in SCRIPT_OR_STYLE.findall(page):
+        if tag.lower() == "script" and ("src=" in attributes or 'type="application/json"' in attributes):
+            continue  # files from 'self', and data the browser never runs
+        assert f'nonce="{nonce}"' in attributes, f"<{tag}{attributes}> without the nonce on {response.request['PATH_INFO']}"
+    assert not INLINE_ATTRIBUTE.search(page), INLINE_ATTRIBUTE.search(page).group(0)
+
+
+def test_every_page_sends_the_policy_and_nothing_inline_slips_past_it(client, marketer, customer, topics):
+    from campaigns import render
+    from segments.services import segment_create
+
+    segment = segment_create(name="Everyone", static=True, actor="test")
+    anonymous = ["/accounts/login/", render.preferences_url(customer.pk).removeprefix(settings.SITE_URL), "/p/"]
+    for path in anonymous:
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert response["Permissions-Policy"].startswith("accelerometer=()")
+        assert_nothing_inline_without_the_nonce(response)
+    client.force_login(marketer)
+    for path in ["/", "/customers/", f"/customers/{customer.pk}/", "/segments/", f"/segments/{segment.pk}/",
+                 "/segments/new/", "/campaigns/", "/campaigns/new/", "/campaigns/outbox/"]:
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert_nothing_inline_without_the_nonce(response)
