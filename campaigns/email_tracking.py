@@ -18,7 +18,8 @@ from anymail.webhooks.base import AnymailCoreWebhookView
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import ImproperlyConfigured
 from django.dispatch import receiver
-from django.http import HttpResponseNotFound
+from django.conf import settings
+from django.http import HttpResponseNotFound, JsonResponse
 from django.urls import URLPattern
 from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import csrf_exempt
@@ -53,12 +54,19 @@ class MalformedWebhook(AnymailWebhookValidationFailure):
     """A webhook body the ESP's parser could not read: Django answers 400 (SuspiciousOperation)."""
 
 
-class _MalformedIs400:
-    """Mixed into every anymail webhook view: a body that fails validation or parsing with
-    any error is the sender's fault (400), not ours (500, which makes the ESP retry it
-    forever). Errors in our own signal receivers still answer 500, so real events are
-    delivered again. The webhook of an ESP that is not configured here (no signing key,
-    its package not installed) answers 404 instead of raising ImproperlyConfigured."""
+class _Guarded:
+    """Mixed into every anymail webhook view.
+
+    - With DEBUG off, every call is refused (503) while ``ANYMAIL["WEBHOOK_SECRET"]`` is
+      unset: anymail would accept any post, and a forged bounce or complaint would make a
+      customer's address unusable. The development server (DEBUG on) keeps them open for
+      trying an ESP out; ``campaigns.checks`` warns at startup and fails ``check --deploy``.
+    - A body that fails validation or parsing with any error is the sender's fault (400),
+      not ours (500, which makes the ESP retry it forever). Errors in our own signal
+      receivers still answer 500, so real events are delivered again.
+    - The webhook of an ESP that is not configured here (no signing key, its package not
+      installed) answers 404 instead of raising ImproperlyConfigured.
+    """
 
     unavailable: ImproperlyConfigured | None = None
 
@@ -71,6 +79,12 @@ class _MalformedIs400:
     @method_decorator(csrf_exempt)
     @method_decorator(login_not_required)
     def dispatch(self, request, *args, **kwargs):
+        if not settings.DEBUG and not settings.ANYMAIL.get("WEBHOOK_SECRET"):
+            logger.warning("Refused an ESP webhook at %s: ANYMAIL_WEBHOOK_SECRET is not set", request.path)
+            return JsonResponse({
+                "message": "ESP webhooks are turned off: ANYMAIL_WEBHOOK_SECRET is not set on this server, so "
+                           "their sender could not be checked. Nothing was written.",
+            }, status=503)
         if self.unavailable is not None:
             logger.warning("webhook for an ESP that is not configured: %s (%s)", request.path, self.unavailable)
             return HttpResponseNotFound("This ESP's webhook is not configured here.", content_type="text/plain")
@@ -95,15 +109,15 @@ class _MalformedIs400:
 
 
 def webhook_urls():
-    """anymail's URL patterns (one per ESP and kind), each view made to answer 400 to bodies
-    it cannot read; for ``include()`` in place of ``"anymail.urls"``."""
+    """anymail's URL patterns (one per ESP and kind), each view guarded as :class:`_Guarded`
+    says; for ``include()`` in place of ``"anymail.urls"``."""
     from anymail import urls
 
     patterns = []
     for pattern in urls.urlpatterns:
         view_class = getattr(pattern.callback, "view_class", None)
         if view_class is not None and issubclass(view_class, AnymailCoreWebhookView):
-            guarded = type(view_class.__name__, (_MalformedIs400, view_class), {})
+            guarded = type(view_class.__name__, (_Guarded, view_class), {})
             callback = guarded.as_view(**getattr(pattern.callback, "view_initkwargs", {}))
             pattern = URLPattern(pattern.pattern, callback, pattern.default_args, pattern.name)
         patterns.append(pattern)

@@ -414,3 +414,11 @@ class OutboxFilterForm(forms.Form):
         self.is_valid()
         data = getattr(self, "cleaned_data", {})
         return {"channel": data.get("channel", ""), "campaign_id": data.get("campaign"), "before": data.get("before")}
+
+
+class PreferencesLinkForm(forms.Form):
+    """Asks for the address a fresh preference-centre link should go to."""
+
+    email = forms.EmailField(label="Your email address", max_length=254,
+                             error_messages={"required": "Enter the email address our messages come to.",
+                                             "invalid": "Enter an email address like name@example.com."})

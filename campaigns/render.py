@@ -215,7 +215,10 @@ def customer_context(customer: dict, *, links: dict) -> dict:
 OPEN_SALT = "switchboard.open"
 CLICK_SALT = "switchboard.click"
 UNSUBSCRIBE_SALT = "switchboard.unsubscribe"
-PREFERENCES_SALT = "switchboard.preferences"
+# Preference-centre links show the customer's email address and phone number, so they carry
+# the time they were made and expire (PREFERENCES_LINK_MAX_AGE). The salt changed with the
+# format: the links of old messages (no timestamp, never expiring) no longer open anything.
+PREFERENCES_SALT = "switchboard.preferences.timestamped"
 
 
 def sign(value: str, salt: str) -> str:
@@ -225,6 +228,14 @@ def sign(value: str, salt: str) -> str:
 def unsign(token: str, salt: str) -> str:
     """The signed value, or raises ``signing.BadSignature``."""
     return signing.Signer(salt=salt).unsign(token)
+
+
+def sender_name() -> str:
+    """Who the messages come from, as recipients see it in their inbox."""
+    from email.utils import parseaddr
+
+    name, address = parseaddr(settings.DEFAULT_FROM_EMAIL)
+    return name or address.rpartition("@")[2] or "Switchboard"
 
 
 def absolute(path: str) -> str:
@@ -243,8 +254,24 @@ def unsubscribe_url(delivery_id: int) -> str:
     return absolute(reverse("tracking:unsubscribe", args=[sign(str(delivery_id), UNSUBSCRIBE_SALT)]))
 
 
+def preferences_token(customer_id: int) -> str:
+    """A link token for the customer's preference centre, valid for PREFERENCES_LINK_MAX_AGE."""
+    return signing.TimestampSigner(salt=PREFERENCES_SALT).sign(str(customer_id))
+
+
+def preferences_unsign(token: str) -> str:
+    """The customer id in a preference-centre token; raises ``signing.SignatureExpired`` for
+    a genuine but expired one and ``signing.BadSignature`` for anything else."""
+    try:
+        return signing.TimestampSigner(salt=PREFERENCES_SALT).unsign(
+            token, max_age=settings.PREFERENCES_LINK_MAX_AGE
+        )
+    except ValueError:  # a signed value without a timestamp fails to unpack
+        raise signing.BadSignature("not a timestamped token") from None
+
+
 def preferences_url(customer_id: int) -> str:
-    return absolute(reverse("tracking:preferences", args=[sign(str(customer_id), PREFERENCES_SALT)]))
+    return absolute(reverse("tracking:preferences", args=[preferences_token(customer_id)]))
 
 
 def message_links(*, delivery_id: int, customer_id: int, lazy: bool = False) -> dict:

@@ -23,3 +23,9 @@ def simulate() -> dict:
     from . import simulation
 
     return simulation.simulate()
+
+
+def preferences_link_send(customer_id: int) -> bool:
+    from . import preference_links
+
+    return preference_links.link_send(customer_id=customer_id)

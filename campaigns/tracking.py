@@ -5,13 +5,17 @@ key: it names one delivery (pixel, click, unsubscribe) or one customer (preferen
 centre), and nothing else can be reached from it. A token that does not verify gets a
 plain "invalid or expired link" page and writes nothing; the pixel answers its GIF anyway,
 so a mail client never shows a broken image.
+
+Preference-centre links show the customer's addresses, so they expire
+(``PREFERENCES_LINK_MAX_AGE``); an expired or broken one offers to email a fresh link.
+Unsubscribe links never expire: the mailbox's one-click button (RFC 8058) must keep
+working for as long as the message sits in someone's inbox.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from email.utils import parseaddr
 
 from django.conf import settings
 from django.core import signing
@@ -27,7 +31,9 @@ from django.views.decorators.http import require_http_methods
 from customers.models import ChannelKind, ChannelStatus, ConsentState, Customer, Device, Subscription, Topic
 from customers.services import subscriptions_change
 
+from . import preference_links
 from . import render as tokens
+from .forms import PreferencesLinkForm
 from .models import Delivery, Link
 from .providers import DeliveryEvent
 from .services import delivery_events_apply, engagement_record
@@ -73,14 +79,8 @@ def _ids(value: str | None, count: int) -> tuple[int, ...] | None:
     return ids if all(0 < i <= BIGINT_MAX for i in ids) else None
 
 
-def _sender_name() -> str:
-    """Who the message came from, as the recipient saw it in their inbox."""
-    name, address = parseaddr(settings.DEFAULT_FROM_EMAIL)
-    return name or address.rpartition("@")[2] or "Switchboard"
-
-
 def _page(request, template: str, context: dict, *, status: int = 200) -> HttpResponse:
-    response = render(request, template, {"sender": _sender_name(), **context}, status=status)
+    response = render(request, template, {"sender": tokens.sender_name(), **context}, status=status)
     # The URL carries the token: keep these pages out of search engines.
     response["X-Robots-Tag"] = "noindex, nofollow"
     return response
@@ -163,8 +163,17 @@ def _address(customer: Customer, channel: str) -> str:
     return "your devices"
 
 
-def _preferences_path(customer_id: int) -> str:
-    return reverse("tracking:preferences", args=[tokens.sign(str(customer_id), tokens.PREFERENCES_SALT)])
+def _preferences_path(delivery: Delivery) -> str:
+    """Where the unsubscribe page sends someone who wants to choose instead.
+
+    Unsubscribe links never expire, so they must not hand out a fresh preference-centre link
+    forever: only a message younger than a preference link's lifetime does; an older one
+    leads to the page that emails a fresh link to the customer's address.
+    """
+    sent_at = delivery.sent_at or delivery.created_at
+    if sent_at and timezone.now() - sent_at < settings.PREFERENCES_LINK_MAX_AGE:
+        return reverse("tracking:preferences", args=[tokens.preferences_token(delivery.customer_id)])
+    return reverse("tracking:preferences-request")
 
 
 @csrf_exempt  # RFC 8058: mailbox providers POST without cookies or a CSRF token; the signed token is the key.
@@ -187,7 +196,7 @@ def unsubscribe(request, token: str):
         "topic": topic,
         "channel_noun": CHANNEL_NOUNS[ChannelKind(channel)],
         "address": _address(customer, channel),
-        "preferences_path": _preferences_path(customer.pk),
+        "preferences_path": _preferences_path(delivery),
     }
     if topic.is_transactional:
         return _page(request, "tracking/unsubscribe.html", {**context, "state": "transactional"})
@@ -286,10 +295,15 @@ def _preference_changes(post, *, rows: list, current: dict) -> list[dict]:
 @require_http_methods(["GET", "HEAD", "POST"])
 def preferences(request, token: str):
     """The customer's topic × channel matrix; saving changes only the cells that differ."""
-    ids = _ids(_unsigned(token, tokens.PREFERENCES_SALT), 1)
+    try:
+        ids = _ids(tokens.preferences_unsign(token), 1)
+    except signing.SignatureExpired:
+        return _link_request_page(request, PreferencesLinkForm(), state="expired", status=410)
+    except signing.BadSignature:
+        ids = None
     customer = Customer.objects.filter(pk=ids[0]).first() if ids is not None else None
     if customer is None:
-        return _invalid(request)
+        return _link_request_page(request, PreferencesLinkForm(), state="invalid", status=404)
     channels = _channels_for(customer)
     stored = Subscription.objects.filter(customer=customer, topic__is_transactional=False)
     current = {(topic_id, channel): on for topic_id, channel, on in stored.values_list("topic_id", "channel", "subscribed")}
@@ -314,3 +328,26 @@ def preferences(request, token: str):
         "transactional": Topic.objects.filter(is_transactional=True).order_by("name").values_list("name", flat=True),
         "saved": request.GET.get("saved", ""),
     })
+
+
+# --- A fresh preference-centre link by email -----------------------------------------------------
+
+
+def _link_request_page(request, form, *, state: str, status: int = 200) -> HttpResponse:
+    return _page(request, "tracking/preferences_request.html", {
+        "form": form, "state": state, "days": settings.PREFERENCES_LINK_MAX_AGE.days,
+    }, status=status)
+
+
+@never_cache
+@ensure_csrf_cookie
+@require_http_methods(["GET", "HEAD", "POST"])
+def preferences_link_request(request):
+    """Ask for a fresh preference-centre link; the answer is the same whoever the address belongs to."""
+    if request.method != "POST":
+        return _link_request_page(request, PreferencesLinkForm(), state="ask")
+    form = PreferencesLinkForm(request.POST)
+    if not form.is_valid():
+        return _link_request_page(request, form, state="ask", status=400)
+    preference_links.link_request(email=form.cleaned_data["email"])
+    return _link_request_page(request, PreferencesLinkForm(), state="sent")

@@ -3,15 +3,20 @@ page with results and staged-test decisions, and the sandbox outbox."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
 from django.contrib import messages
 from django.core.paginator import Paginator
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.csp import CSP
 from django.utils.formats import date_format
+from django.views.decorators.clickjacking import xframe_options_sameorigin
+from django.views.decorators.csp import csp_override
 from django.views.decorators.http import require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
@@ -273,6 +278,39 @@ def campaign_edit(request, campaign_id: int):
     return _compose_page(request, form, campaign=campaign)
 
 
+# --- Email HTML in frames ---------------------------------------------------------------------
+# Email HTML is styled inline (style="" and <style>), which the site's Content-Security-Policy
+# refuses, and a srcdoc frame inherits the policy of its page. So rendered emails are served
+# as documents of their own with a policy that lets their styles and images show and nothing
+# run: sandboxed (no scripts, no forms, an opaque origin), framed by our own pages only.
+EMAIL_FRAME_CSP = {
+    "default-src": [CSP.NONE],
+    "style-src": [CSP.UNSAFE_INLINE, "https:"],
+    "img-src": ["https:", "http:", "data:"],
+    "font-src": ["https:", "data:"],
+    "form-action": [CSP.NONE],
+    "frame-ancestors": [CSP.SELF],
+    "sandbox": True,
+}
+# Previews a marketer's session keeps for its frames: enough for requests still in flight.
+PREVIEWS_KEPT = 4
+
+
+def _email_document(html: str) -> HttpResponse:
+    response = HttpResponse(html, content_type="text/html; charset=utf-8")
+    response["Cache-Control"] = "private, no-store"
+    response["X-Robots-Tag"] = "noindex, nofollow"
+    return response
+
+
+def _preview_frame_key(request, html: str) -> str:
+    """Keep the rendered email in the session and return the key its frame is served under."""
+    key = hashlib.sha256(html.encode()).hexdigest()[:32]
+    previews = [item for item in request.session.get("email_previews", []) if item[0] != key]
+    request.session["email_previews"] = [*previews[-(PREVIEWS_KEPT - 1):], [key, html]]
+    return key
+
+
 @role_required(MARKETER)
 @require_POST
 def campaign_preview(request):
@@ -282,7 +320,22 @@ def campaign_preview(request):
                "problem": problem, "sample": message_render.SAMPLE_CUSTOMER, "sms": None}
     if rendered is not None and channel == "sms":
         context["sms"] = message_render.sms_length(rendered.get("body", ""))
+    if rendered is not None and channel == "email" and rendered.get("html"):
+        context["frame_key"] = _preview_frame_key(request, rendered["html"])
     return render(request, f"{COMPOSE_TEMPLATE}#preview", context)
+
+
+@role_required(MARKETER)
+@require_http_methods(["GET", "HEAD"])
+@xframe_options_sameorigin
+@csp_override(EMAIL_FRAME_CSP)
+def campaign_preview_frame(request, frame_key: str):
+    """The email HTML of a recent preview in this session, for the preview's frame."""
+    html = next((html for key, html in request.session.get("email_previews", []) if key == frame_key), None)
+    if html is None:
+        # The session moved on (another tab previewed more since): the next preview refreshes the frame.
+        return _email_document('<p>This preview is out of date.</p>')
+    return _email_document(html)
 
 
 @role_required(MARKETER)
@@ -484,11 +537,22 @@ def _without_open_pixel(html: str) -> str:
 
 
 @role_required(MARKETER)
+@require_http_methods(["GET", "HEAD"])
+@xframe_options_sameorigin
+@csp_override(EMAIL_FRAME_CSP)
+def outbox_message_frame(request, message_id: int):
+    """A sandbox email's HTML, for the outbox viewer's frame (without its open pixel)."""
+    message = queries.sandbox_message_for(request.user, message_id)
+    html = message.rendered.get("html") if message.channel == ChannelKind.EMAIL else None
+    if not isinstance(html, str):
+        raise Http404("This message has no HTML body.")
+    return _email_document(_without_open_pixel(html))
+
+
+@role_required(MARKETER)
 @vary_on_headers("HX-Request")
 def outbox_message(request, message_id: int):
     message = queries.sandbox_message_for(request.user, message_id)
-    if message.channel == ChannelKind.EMAIL and isinstance(message.rendered.get("html"), str):
-        message.rendered["html"] = _without_open_pixel(message.rendered["html"])
     context = {"message": message, "channel_labels": CHANNEL_LABELS}
     if _wants_partial(request):
         return render(request, f"{OUTBOX_TEMPLATE}#message", context)

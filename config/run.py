@@ -1,7 +1,8 @@
 """``make run``: database, migrations, demo data, web server and workers in one command.
 
 Starts the embedded PostgreSQL when ``DATABASE_URL`` is unset, migrates, loads the demo
-data once, then runs ``uvicorn config.asgi:application`` and ``manage.py qcluster`` until
+data once (the settings create this installation's secret key in ``.data/secret_key`` on
+first use), then runs ``uvicorn config.asgi:application`` and ``manage.py qcluster`` until
 Ctrl-C, and stops everything it started (the embedded PostgreSQL included).
 """
 
@@ -28,6 +29,10 @@ def main() -> int:
     env.setdefault("DEBUG", "1")
     # The demo plays opens, clicks and conversions for what the sandbox providers "send".
     env.setdefault("SANDBOX_SIMULATE", "1")
+    # Mail the platform itself sends (a fresh preference-centre link) is printed here in the
+    # demo, unless a mail server is configured.
+    if not env.get("EMAIL_BACKEND") and not env.get("EMAIL_HOST"):
+        env["EMAIL_BACKEND"] = "django.core.mail.backends.console.EmailBackend"
     server = None
     if not env.get("DATABASE_URL"):
         print("Starting the embedded PostgreSQL in .data/pg …", flush=True)

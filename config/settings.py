@@ -18,13 +18,26 @@ def env_list(name: str, default: str = "") -> list[str]:
 
 # Zero-setup mode (no DATABASE_URL) is the local demo, so it defaults to DEBUG on.
 DEBUG = env_bool("DEBUG", default=not os.environ.get("DATABASE_URL"))
-SECRET_KEY = os.environ.get("SECRET_KEY") or (
-    "insecure-development-key-set-SECRET_KEY-in-production" if DEBUG else ""
-)
+
+# --- Secret key (see config/secret_key.py) ---------------------------------------------------
+# SECRET_KEY from the environment; without it, a local installation (DEBUG on) uses a random
+# key generated on first run and kept in .data/secret_key. With DEBUG off the key must be
+# set and strong. SECRET_KEY_FALLBACKS (comma-separated) keeps old links valid while rotating.
+from config import secret_key as _secret_key  # noqa: E402
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS")
+if not SECRET_KEY and DEBUG:
+    SECRET_KEY = _secret_key.installation_key(Path(os.environ.get("SECRET_KEY_FILE", BASE_DIR / ".data" / "secret_key")))
 if not SECRET_KEY:
     from django.core.exceptions import ImproperlyConfigured
 
-    raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (see README, Configuration).")
+    raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (see README, Production deployment).")
+if not DEBUG:
+    _secret_key.require_strong("SECRET_KEY", SECRET_KEY)
+    for _fallback in SECRET_KEY_FALLBACKS:
+        _secret_key.require_strong("A key in SECRET_KEY_FALLBACKS", _fallback)
+# --- end of secret key ------------------------------------------------------------------------
 
 SITE_URL = os.environ.get("SITE_URL", "http://localhost:8000").rstrip("/")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
@@ -33,6 +46,53 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", SITE_URL.startswith("https://"))
     CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Security headers: HTTPS, Content-Security-Policy, Permissions-Policy ------------------
+# Production (DEBUG off) redirects plain HTTP to HTTPS (behind the proxy header above) and
+# sends HSTS when SITE_URL is https. The CSP is enforced in every mode, so the development
+# server and the browser tests catch anything the production policy would block.
+from django.utils.csp import CSP  # noqa: E402
+
+if not DEBUG:
+    _https = SITE_URL.startswith("https://")
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", _https)
+    # Paths (regexes, no leading slash) still answered over plain HTTP, e.g. a load balancer's
+    # health check that talks to the app directly.
+    SECURE_REDIRECT_EXEMPT = env_list("SECURE_REDIRECT_EXEMPT")
+    SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", str(365 * 24 * 3600) if _https else "0"))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+
+# Websockets (live dashboards) go to this same site; older browsers do not count ws:/wss: as 'self'.
+_site_host = SITE_URL.split("://", 1)[-1].split("/", 1)[0]
+_ws_schemes = ["wss"] if SITE_URL.startswith("https://") else ["ws", "wss"]
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    # Every <script> is a file of ours or carries the request's nonce; no inline handlers, no eval.
+    "script-src": [CSP.SELF, CSP.NONCE],
+    # The same for <style>; inline style="" attributes are refused too (set from JS through
+    # element.style instead, which CSP allows). Email HTML, full of inline styles, is shown
+    # in frames served with a policy of their own (campaigns/views.py, EMAIL_FRAME_CSP).
+    "style-src": [CSP.SELF, CSP.NONCE],
+    "img-src": [CSP.SELF, "data:"],
+    "font-src": [CSP.SELF],
+    "connect-src": [CSP.SELF, *(f"{scheme}://{_site_host}" for scheme in _ws_schemes)],
+    "frame-src": [CSP.SELF],
+    "frame-ancestors": [CSP.SELF],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.NONE],
+    "form-action": [CSP.SELF],
+}
+
+# Browser features no page of ours uses: denied to the pages and to anything they embed.
+PERMISSIONS_POLICY = {
+    feature: []
+    for feature in (
+        "accelerometer", "autoplay", "camera", "display-capture", "geolocation", "gyroscope", "magnetometer",
+        "microphone", "midi", "payment", "usb", "xr-spatial-tracking",
+    )
+}
+# --- end of security headers -----------------------------------------------------------------
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -57,6 +117,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    "config.middleware.PermissionsPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -78,6 +140,7 @@ TEMPLATES = [
         "OPTIONS": {
             "context_processors": [
                 "django.template.context_processors.request",
+                "django.template.context_processors.csp",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "customers.context_processors.roles",
@@ -340,6 +403,21 @@ PROVIDERS = {
 }
 # The demo plays delivery, opens, clicks and conversions for sandbox sends.
 SANDBOX_SIMULATE = env_bool("SANDBOX_SIMULATE", default=False)
+
+# --- Preference-centre links (campaigns/tracking.py) ---------------------------------------
+# A link to the preference centre shows the customer's email address and phone number, so it
+# expires; an expired one offers to email a fresh link. Unsubscribe links never expire
+# (they show no more than the address the message went to, and must keep working).
+from datetime import timedelta  # noqa: E402
+
+PREFERENCES_LINK_MAX_AGE = timedelta(days=float(os.environ.get("PREFERENCES_LINK_MAX_AGE_DAYS", "30")))
+# At most this many fresh links are emailed to one address in an hour (so the form cannot
+# be used to flood an inbox), counted in the cache: Redis when there is one (shared by every
+# web process), otherwise each process's memory.
+PREFERENCES_LINK_REQUESTS_PER_HOUR = int(os.environ.get("PREFERENCES_LINK_REQUESTS_PER_HOUR", "3"))
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+# --- end of preference-centre links ---------------------------------------------------------
 
 # The send policy (campaigns/policy.py).
 FREQUENCY_CAP_MESSAGES = int(os.environ.get("FREQUENCY_CAP_MESSAGES", "3"))

@@ -137,6 +137,15 @@ def _is_console_error(message) -> bool:
     return True
 
 
+CSP_PREFIX = "CSP violation:"
+CSP_REPORTER = f"""
+document.addEventListener("securitypolicyviolation", function (event) {{
+  console.error("{CSP_PREFIX} " + event.effectiveDirective + " blocked " + (event.blockedURI || "inline")
+                + " at " + event.sourceFile + ":" + event.lineNumber + " (" + event.sample + ")");
+}});
+"""
+
+
 @pytest.fixture
 def page(monkeypatch):
     """A page in the system Chromium (never a downloaded browser); fails the test on any JS error."""
@@ -154,12 +163,16 @@ def page(monkeypatch):
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1440, "height": 1000})
         context.set_default_timeout(10_000)
+        # Anything the Content-Security-Policy blocks (in the page or its frames) is a failure.
+        context.add_init_script(CSP_REPORTER)
         page = context.new_page()
         errors = []
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.on("console", lambda message: errors.append(message.text) if _is_console_error(message) else None)
         yield page
         browser.close()
+    violations = [error for error in errors if error.startswith(CSP_PREFIX)]
+    assert violations == [], f"The Content-Security-Policy blocked something: {violations}"
     assert errors == [], f"JavaScript errors on the page: {errors}"
 
 

@@ -55,6 +55,28 @@
     });
   }
 
+  // Bars get their width from data-width (a percentage): the Content-Security-Policy refuses
+  // style="" attributes in the markup, but not styles set from a script. New and changed
+  // bars (htmx swaps, live dashboard pushes) are sized before the browser paints them.
+  function setWidth(bar) {
+    var percent = parseFloat(bar.getAttribute("data-width"));
+    bar.style.width = (isFinite(percent) ? Math.min(100, Math.max(0, percent)) : 0) + "%";
+  }
+
+  function sizeBars(root) {
+    if (root.nodeType !== 1 && root.nodeType !== 9) return;
+    if (root.nodeType === 1 && root.hasAttribute("data-width")) setWidth(root);
+    root.querySelectorAll("[data-width]").forEach(setWidth);
+  }
+
+  sizeBars(document);
+  new MutationObserver(function (records) {
+    records.forEach(function (record) {
+      if (record.type === "attributes") setWidth(record.target);
+      else record.addedNodes.forEach(sizeBars);
+    });
+  }).observe(document.documentElement, { childList: true, subtree: true, attributes: true, attributeFilter: ["data-width"] });
+
   document.addEventListener("DOMContentLoaded", function () { scheduleFlashes(document); });
   document.addEventListener("htmx:afterSettle", function () { scheduleFlashes(document); });
 })();

@@ -259,3 +259,31 @@ def test_a_webhook_with_the_wrong_secret_is_refused_and_changes_nothing(audience
 
     assert response.status_code == 400
     assert delivery_of(campaign, audience["people"]["ada"]).status == "sent"
+
+
+@pytest.mark.filterwarnings("ignore::anymail.exceptions.AnymailInsecureWebhookWarning")  # the DEBUG part
+def test_without_a_webhook_secret_production_refuses_every_esp_webhook(audience, postmark, client, settings, caplog):
+    """A forged bounce would make a customer's address unusable: with DEBUG off and no
+    ANYMAIL_WEBHOOK_SECRET, the webhooks answer 503 and write nothing."""
+    campaign = launch(audience)
+    dispatch.dispatch(budget_seconds=10)
+    message_id = next(m["MessageID"] for m in postmark.sent if m["To"] == "ada@example.com")
+    forged = {"RecordType": "Bounce", "MessageStream": "outbound", "ID": 1, "Type": "HardBounce", "TypeCode": 1,
+              "MessageID": message_id, "Email": "ada@example.com", "BouncedAt": at(), "Description": "forged",
+              "Details": "smtp;550 5.1.1 no such user", "Inactive": True, "Metadata": {}, "Tag": ""}
+    settings.DEBUG = False
+    settings.ANYMAIL = {key: value for key, value in settings.ANYMAIL.items() if key != "WEBHOOK_SECRET"}
+
+    for headers in ({}, {"Authorization": "Basic " + base64.b64encode(b"any:thing").decode()}):
+        response = client.post("/webhooks/anymail/postmark/tracking/", json.dumps(forged),
+                               content_type="application/json", headers=headers)
+        assert response.status_code == 503
+        assert "ANYMAIL_WEBHOOK_SECRET is not set" in response.json()["message"]
+    assert delivery_of(campaign, audience["people"]["ada"]).status == "sent"
+    assert not ChannelStatus.objects.filter(customer=audience["people"]["ada"], status="bounced").exists()
+    assert "ANYMAIL_WEBHOOK_SECRET is not set" in caplog.text
+
+    # The development server keeps them open for trying an ESP out.
+    settings.DEBUG = True
+    assert client.post("/webhooks/anymail/postmark/tracking/", json.dumps(forged),
+                       content_type="application/json").status_code == 200

@@ -6,11 +6,13 @@ import logging
 import re
 import threading
 import time as time_module
-from datetime import time
+from datetime import time, timedelta
 from urllib.parse import urlsplit
 
 import pytest
+from django.core.signing import SignatureExpired
 from django.db import connection, connections, transaction
+from django.db.models import F
 from django.test import Client
 
 from campaigns import dispatch, render, services
@@ -391,3 +393,139 @@ def test_simultaneous_first_opens_count_once(sent, caplog):
     assert not hidden, f"the pixel hid an error: {hidden}"
     assert totals(sent["campaign"])["opened"] == 1
     assert Event.objects.filter(customer=sent["ada"], name="message.opened").count() == 1
+
+
+# --- Expiring preference-centre links, and a fresh one by email ----------------------------------
+
+
+def link_made_days_ago(customer_id: int, days: float) -> str:
+    """The preference-centre path a message sent ``days`` ago carried (a genuine, timestamped link)."""
+    from django.core import signing
+
+    made = signing.b62_encode(int(time_module.time() - days * 86400))
+    token = signing.Signer(salt=render.PREFERENCES_SALT).sign(f"{customer_id}:{made}")
+    return f"/p/{token}"
+
+
+@pytest.fixture
+def mailbox(settings):
+    """A real SMTP server on loopback as the default mailer; the link task runs at once."""
+    from django.core.cache import cache
+    from django_q.conf import Conf
+
+    from tests.fakes.smtp import FakeSMTPServer
+
+    cache.clear()  # the hourly limit per address counts in the cache
+    settings.SITE_URL = "https://switchboard.example.com"
+    settings.DEFAULT_FROM_EMAIL = "Shop <news@shop.example.com>"
+    with FakeSMTPServer() as server:
+        settings.MAILERS = {"default": {"BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+                                        "OPTIONS": {"host": server.host, "port": server.port, "timeout": 5}}}
+        sync, Conf.SYNC = Conf.SYNC, True
+        try:
+            yield server
+        finally:
+            Conf.SYNC = sync
+            cache.clear()
+
+
+def wait_for_mail(server, address: str, count: int = 1, timeout: float = 5.0) -> list:
+    deadline = time_module.monotonic() + timeout
+    while len(server.to(address)) < count and time_module.monotonic() < deadline:
+        time_module.sleep(0.02)
+    return server.to(address)
+
+
+def test_a_preference_link_from_a_message_expires_and_the_old_unsigned_form_is_refused(sent, client, settings):
+    ada = sent["ada"]
+    settings.PREFERENCES_LINK_MAX_AGE = timedelta(days=30)
+    assert "ada@example.com" in client.get(link_made_days_ago(ada.pk, 29)).content.decode()
+
+    expired = client.get(link_made_days_ago(ada.pk, 31))
+    assert expired.status_code == 410
+    text = expired.content.decode()
+    assert "This link has expired" in text and "ada@example.com" not in text and "Email me a link" in text
+    # What a key read from the repository used to forge, and what old messages carry: an
+    # untimed signature, which never expired. It opens nothing now.
+    for forged in (signing_sign(str(ada.pk), "switchboard.preferences"), render.sign(str(ada.pk), render.PREFERENCES_SALT)):
+        refused = client.get(f"/p/{forged}")
+        assert refused.status_code == 404 and "ada@example.com" not in refused.content.decode()
+        assert "Email me a link" in refused.content.decode()
+
+
+def signing_sign(value: str, salt: str) -> str:
+    from django.core import signing
+
+    return signing.Signer(salt=salt).sign(value)
+
+
+def test_new_messages_carry_a_timestamped_preference_link(sent, settings):
+    path = found(PREFERENCES_HREF, sent["html"])
+    token = path.rsplit("/", 1)[1]
+    assert render.preferences_unsign(token) == str(sent["ada"].pk)
+    settings.PREFERENCES_LINK_MAX_AGE = timedelta(seconds=-1)  # every link made before now is too old
+    with pytest.raises(SignatureExpired):
+        render.preferences_unsign(token)
+
+
+def test_an_expired_link_gets_a_fresh_one_by_email_that_opens_the_centre(sent, mailbox, settings):
+    ada = sent["ada"]
+    settings.PREFERENCES_LINK_MAX_AGE = timedelta(days=30)
+    browser = Client(enforce_csrf_checks=True)  # someone opening an old email: no session yet
+    page = browser.get(link_made_days_ago(ada.pk, 45))
+    token = CSRF_INPUT.search(page.content.decode()).group(1)
+
+    answer = browser.post("/p/", {"csrfmiddlewaretoken": token, "email": "  Ada@Example.com "})
+    assert answer.status_code == 200
+    assert "If we know this address, we have sent it a link" in answer.content.decode()
+    (mail,) = wait_for_mail(mailbox, "ada@example.com")
+    assert mail.message["From"] == "Shop <news@shop.example.com>"
+    assert "preferences" in mail.message["Subject"]
+    fresh = re.search(r"https://switchboard\.example\.com(/p/\S+)", mail.text).group(1)
+    centre = Client().get(fresh)
+    assert centre.status_code == 200
+    assert "Your message preferences" in centre.content.decode() and "ada@example.com" in centre.content.decode()
+
+
+def test_asking_for_a_link_never_tells_whether_the_address_is_known(sent, mailbox, client):
+    known = client.post("/p/", {"email": "ada@example.com"})
+    unknown = client.post("/p/", {"email": "nobody@example.com"})
+    assert known.status_code == unknown.status_code == 200
+
+    def words(response):
+        return re.sub(r'name="csrfmiddlewaretoken" value="[^"]+"', "", response.content.decode())
+
+    assert words(known) == words(unknown)
+    assert len(wait_for_mail(mailbox, "ada@example.com")) == 1
+    assert mailbox.to("nobody@example.com") == []
+
+
+def test_links_by_email_are_limited_per_address_and_bad_addresses_are_a_form_error(sent, mailbox, client, settings):
+    settings.PREFERENCES_LINK_REQUESTS_PER_HOUR = 2
+    for _ in range(4):
+        assert client.post("/p/", {"email": "ada@example.com"}).status_code == 200
+    assert len(wait_for_mail(mailbox, "ada@example.com", count=2)) == 2
+    time_module.sleep(0.2)  # the limit holds: nothing more is on its way
+    assert len(mailbox.to("ada@example.com")) == 2
+
+    for bad in ("", "not-an-address", "a" * 300 + "@example.com"):
+        refused = client.post("/p/", {"email": bad})
+        assert refused.status_code == 400
+        assert 'class="field-error"' in refused.content.decode()
+        assert "If we know this address" not in refused.content.decode()
+    assert len(mailbox.to("ada@example.com")) == 2
+
+
+def test_an_old_unsubscribe_link_still_works_but_no_longer_opens_the_centre(sent, client, settings):
+    """Unsubscribe links never expire (RFC 8058 one-click must keep working); the way on to
+    the preference centre from them does, like the centre's own links."""
+    delivery = sent["delivery"]
+    path, _ = list_unsubscribe(delivery.pk)
+    Delivery.objects.filter(pk=delivery.pk).update(sent_at=F("sent_at") - timedelta(days=400),
+                                                   created_at=F("created_at") - timedelta(days=400))
+    page = client.get(path).content.decode()
+    assert "Unsubscribe ada@example.com from Newsletter emails?" in page
+    assert 'href="/p/"' in page
+    response = Client(enforce_csrf_checks=True).post(path, {"List-Unsubscribe": "One-Click"})
+    assert response.status_code == 200 and "You are unsubscribed" in response.content.decode()
+    assert subscribed(sent["ada"], sent["topic"], "email") is False

@@ -1,0 +1,78 @@
+"""Fresh preference-centre links, emailed to a customer whose link expired or broke.
+
+Anyone can ask, so the answer never says whether the address belongs to a customer: the
+page shows the same words either way, the lookup costs the same, and the email is sent by
+a background task. Each address gets at most PREFERENCES_LINK_REQUESTS_PER_HOUR links an
+hour, so the form cannot flood someone's inbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from django.conf import settings
+from django.core.cache import cache
+from django.core.mail import send_mail
+from django.template.loader import render_to_string
+
+from customers.models import Customer
+
+from . import render
+
+logger = logging.getLogger(__name__)
+
+HOUR = 3600
+
+
+def _allowed(address: str) -> bool:
+    """Count one request for ``address``; False once it passed the hourly limit."""
+    key = "preferences-link:" + hashlib.sha256(address.encode()).hexdigest()
+    cache.add(key, 0, HOUR)
+    try:
+        count = cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.set(key, 1, HOUR)
+        count = 1
+    return count <= settings.PREFERENCES_LINK_REQUESTS_PER_HOUR
+
+
+def link_request(*, email: str) -> None:
+    """Email a fresh link to ``email`` if a customer has that address and the limit allows.
+
+    Returns nothing either way, so no caller can tell which it was.
+    """
+    from django_q.tasks import async_task
+
+    address = email.strip().lower()  # customers' addresses are stored lower-case
+    if not _allowed(address):
+        logger.info("preference link request over the hourly limit for one address")
+        return
+    customer_id = Customer.objects.filter(email=address).values_list("pk", flat=True).first()
+    if customer_id is not None:
+        async_task("campaigns.tasks.preferences_link_send", customer_id, task_name="preferences-link",
+                   group="preferences-link")
+
+
+def link_send(*, customer_id: int) -> bool:
+    """Email the customer a fresh preference-centre link through the default mailer.
+
+    False when the customer is gone or has no address any more. Safe to run twice (the
+    customer gets a second, equally valid link).
+    """
+    customer = Customer.objects.filter(pk=customer_id).exclude(email="").first()
+    if customer is None:
+        return False
+    sender = render.sender_name()
+    context = {
+        "sender": sender,
+        "url": render.preferences_url(customer.pk),
+        "days": settings.PREFERENCES_LINK_MAX_AGE.days,
+    }
+    send_mail(
+        f"Your message preferences at {sender}",
+        render_to_string("tracking/preferences_link_email.txt", context),
+        settings.DEFAULT_FROM_EMAIL,
+        [customer.email],
+    )
+    return True
