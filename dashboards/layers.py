@@ -235,7 +235,7 @@ class RedisChannelLayer(channels_redis.core.RedisChannelLayer):
     the groups they had joined.
     """
 
-    RETRY_SECONDS = 0.5
+    RETRY_SECONDS = 0.1
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -253,8 +253,32 @@ class RedisChannelLayer(channels_redis.core.RedisChannelLayer):
             for host in self.hosts
         ]
         self._memberships: dict[str, set[str]] = defaultdict(set)
+        # Set when Redis was lost, until this process's groups are joined again.
+        self._lost = False
+
+    async def _rejoin_if_lost(self) -> None:
+        """Join this process's groups again if Redis was lost (raises while it is still down).
+
+        Done before anything else this layer sends, so a message published right after
+        Redis comes back reaches the sockets that were open before."""
+        if not self._lost:
+            return
+        for group, members in list(self._memberships.items()):
+            for member in list(members):
+                await super().group_add(group, member)
+        self._lost = False
+        logger.warning("channel layer: Redis is back; rejoined %d groups", len(self._memberships))
+
+    async def send(self, channel: str, message: dict) -> None:
+        await self._rejoin_if_lost()
+        await super().send(channel, message)
+
+    async def group_send(self, group: str, message: dict) -> None:
+        await self._rejoin_if_lost()
+        await super().group_send(group, message)
 
     async def group_add(self, group: str, channel: str) -> None:
+        await self._rejoin_if_lost()
         await super().group_add(group, channel)
         self._memberships[group].add(channel)
 
@@ -271,16 +295,14 @@ class RedisChannelLayer(channels_redis.core.RedisChannelLayer):
         try:
             return await super()._brpop_with_clean(index, channel, timeout)
         except REDIS_LOST as exc:
+            self._lost = True
             logger.warning("channel layer: lost Redis (%s); waiting for it", exc)
         while True:
             await asyncio.sleep(self.RETRY_SECONDS)
             try:
                 await self.connection(index).ping()
-                for group, members in list(self._memberships.items()):
-                    for member in list(members):
-                        await super().group_add(group, member)
+                await self._rejoin_if_lost()
             except REDIS_LOST:
                 continue
-            logger.warning("channel layer: Redis is back; rejoined %d groups", len(self._memberships))
             # Nothing received: channels-redis's loop calls again.
             return None
