@@ -205,7 +205,8 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels-redis that recovers when Redis restarts (dashboards/layers.py).
+            "BACKEND": "dashboards.layers.RedisChannelLayer",
             "CONFIG": {"hosts": [REDIS_URL]},
         }
     }
@@ -218,10 +219,11 @@ else:
         "CONN_MAX_AGE": 0,
         "TEST": {"MIRROR": "default"},
     }
-    # channels-postgres needs a full Django database settings dict.
+    # channels-postgres needs a full Django database settings dict. Ours is a subclass that
+    # recovers by itself when PostgreSQL restarts (dashboards/layers.py).
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_postgres.core.PostgresChannelLayer",
+            "BACKEND": "dashboards.layers.PostgresChannelLayer",
             # channels-postgres opens its own connections: no Django pool options.
             "CONFIG": {
                 **DATABASES["default"],

@@ -14,7 +14,7 @@ from campaigns.models import Campaign
 from customers.roles import can_use_marketing, can_view_customers
 
 from . import live
-from .publish import OVERVIEW, campaign_group, publisher
+from .publish import OVERVIEW, campaign_group, publisher, session_group
 
 # Close codes the page understands: not signed in, not allowed.
 UNAUTHENTICATED = 4401
@@ -35,16 +35,23 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self._last_push = 0.0
         self._flush: asyncio.Task | None = None
         publisher.server_loop = asyncio.get_running_loop()
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        # The dashboard's figures, and the session's end (signing out closes the socket).
+        self._joined = [self.group, session_group(self.scope["session"].session_key)]
+        for group in self._joined:
+            await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
         # Catch up at once: on first connect and after every reconnect.
         await self.push()
 
     async def disconnect(self, code):
-        if self.group and getattr(self, "_flush", None) is not None:
+        if getattr(self, "_flush", None) is not None:
             self._flush.cancel()
-        if self.group:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        for group in getattr(self, "_joined", ()):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def session_ended(self, event):
+        """The user signed out in this session: the page asks them to sign in again."""
+        await self.close(code=UNAUTHENTICATED)
 
     def allowed(self, user) -> bool:
         raise NotImplementedError

@@ -16,7 +16,10 @@ import threading
 import time
 
 from django.conf import settings
+from django.contrib.auth.signals import user_logged_out
+from django.db import transaction
 from django.dispatch import receiver
+from django.utils.crypto import salted_hmac
 
 from campaigns.signals import counters_changed
 from customers.signals import events_ingested
@@ -30,9 +33,17 @@ def campaign_group(campaign_id: int) -> str:
     return f"campaign.{campaign_id}"
 
 
+def session_group(session_key: str) -> str:
+    """Every dashboard socket of one signed-in session. Named by a keyed hash, so the channel
+    layer's storage never holds session keys."""
+    return "session." + salted_hmac("dashboards.session_group", session_key, algorithm="sha256").hexdigest()[:32]
+
+
 class Publisher:
     def __init__(self) -> None:
         self._pending: set[str] = set()
+        # Messages that go out as they are, at once and in order (not coalesced).
+        self._messages: list[tuple[str, dict]] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -48,6 +59,13 @@ class Publisher:
             self._ensure_thread()
         self._wake.set()
 
+    def send(self, group: str, message: dict) -> None:
+        """Send ``message`` to ``group`` from synchronous code, on the right event loop."""
+        with self._lock:
+            self._messages.append((group, message))
+            self._ensure_thread()
+        self._wake.set()
+
     def _ensure_thread(self) -> None:
         import os
 
@@ -58,13 +76,15 @@ class Publisher:
             self._thread.start()
 
     def _run(self) -> None:
-        from channels.layers import get_channel_layer
-
         loop = asyncio.new_event_loop()
         last = 0.0
         while True:
             self._wake.wait()
             self._wake.clear()
+            with self._lock:
+                messages, self._messages = self._messages, []
+            for group, message in messages:
+                self._group_send(loop, group, message)
             interval = settings.DASHBOARD_PUBLISH_INTERVAL
             wait = last + interval - time.monotonic()
             if wait > 0:
@@ -75,19 +95,23 @@ class Publisher:
                 continue
             last = time.monotonic()
             sent_at = time.time()
-            layer = get_channel_layer()
             for group in sorted(groups):
-                message = layer.group_send(group, {"type": "dashboard.changed", "at": sent_at})
-                try:
-                    server_loop = self.server_loop
-                    if server_loop is not None and server_loop.is_running():
-                        # In the web server, publish on its own event loop: channel layers
-                        # (channels-postgres's connection pool in particular) belong to one loop.
-                        asyncio.run_coroutine_threadsafe(message, server_loop).result(timeout=10)
-                    else:
-                        loop.run_until_complete(message)
-                except Exception:
-                    logger.exception("could not publish a dashboard update to %s", group)
+                self._group_send(loop, group, {"type": "dashboard.changed", "at": sent_at})
+
+    def _group_send(self, loop: asyncio.AbstractEventLoop, group: str, message: dict) -> None:
+        from channels.layers import get_channel_layer
+
+        send = get_channel_layer().group_send(group, message)
+        try:
+            server_loop = self.server_loop
+            if server_loop is not None and server_loop.is_running():
+                # In the web server, publish on its own event loop: channel layers
+                # (channels-postgres's connection pool in particular) belong to one loop.
+                asyncio.run_coroutine_threadsafe(send, server_loop).result(timeout=10)
+            else:
+                loop.run_until_complete(send)
+        except Exception:
+            logger.exception("could not publish a dashboard update to %s", group)
 
 
 publisher = Publisher()
@@ -101,3 +125,12 @@ def on_counters(sender, campaign_ids=(), journey_ids=(), **kwargs):
 @receiver(events_ingested, dispatch_uid="dashboards.on_events")
 def on_events(sender, **kwargs):
     publisher.publish({OVERVIEW})
+
+
+@receiver(user_logged_out, dispatch_uid="dashboards.on_logout")
+def on_logout(sender, request=None, **kwargs):
+    """Signing out closes the session's open dashboards (the consumer closes with 4401)."""
+    session_key = getattr(getattr(request, "session", None), "session_key", None)
+    if session_key:
+        group = session_group(session_key)
+        transaction.on_commit(lambda: publisher.send(group, {"type": "session.ended"}))

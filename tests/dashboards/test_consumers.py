@@ -27,8 +27,9 @@ def cookie_for(user) -> str:
     return client.cookies["sessionid"].value
 
 
-def communicator(path, session=None, origin=b"http://testserver"):
-    headers = [(b"origin", origin)]
+def communicator(path, session=None, origin=b"http://testserver", host=b"testserver"):
+    """A browser's websocket: the page's origin, and the host it was served from."""
+    headers = [(b"origin", origin), (b"host", host)]
     if session:
         headers.append((b"cookie", f"sessionid={session}".encode()))
     return WebsocketCommunicator(application, path, headers=headers)
@@ -158,5 +159,59 @@ def test_other_origins_are_refused(marketer, launched, memory_layer):
         ws = communicator("/ws/dashboards/overview/", session, origin=b"https://evil.example")
         connected, _ = await ws.connect()
         assert not connected
+
+    asyncio.run(scenario())
+
+
+def test_only_the_sites_own_origin_may_open_a_socket(marketer, launched, memory_layer, settings):
+    """Scheme, host and port must all match: another app on the same host is another site."""
+    settings.SITE_URL = "http://localhost:8000"
+    settings.CSRF_TRUSTED_ORIGINS = ["http://localhost:8000", "https://*.switchboard.example"]
+    session = cookie_for(marketer)
+
+    async def connects(origin: bytes, host: bytes = b"localhost:8000") -> bool:
+        ws = communicator("/ws/dashboards/overview/", session, origin=origin, host=host)
+        connected, _ = await ws.connect()
+        if connected:
+            await ws.disconnect(timeout=5)
+        return connected
+
+    async def scenario():
+        assert await connects(b"http://localhost:8000")
+        assert not await connects(b"http://localhost:9999")
+        assert not await connects(b"https://localhost:8000")
+        assert not await connects(b"http://127.0.0.1:9999", host=b"127.0.0.1:8000")
+        # The origin the browser reached this server at (as for a form post), and trusted origins.
+        assert await connects(b"http://127.0.0.1:8000", host=b"127.0.0.1:8000")
+        assert await connects(b"https://eu.switchboard.example", host=b"internal:8000")
+        # …but not for a host the site does not serve (DNS rebinding).
+        assert not await connects(b"http://rebound.example:8000", host=b"rebound.example:8000")
+
+    asyncio.run(scenario())
+
+
+def test_signing_out_closes_that_sessions_dashboards(marketer, launched, memory_layer):
+    """A dashboard left open after signing out stops at once and asks to sign in again; the
+    same user's dashboards in another browser go on."""
+    browser, other_browser = Client(), Client()
+    browser.force_login(marketer)
+    other_browser.force_login(marketer)
+
+    async def scenario():
+        ws = communicator(f"/ws/dashboards/campaigns/{launched.pk}/", browser.cookies["sessionid"].value)
+        assert (await ws.connect())[0]
+        await receive_update(ws)
+        other = communicator(f"/ws/dashboards/campaigns/{launched.pk}/", other_browser.cookies["sessionid"].value)
+        assert (await other.connect())[0]
+        await receive_update(other)
+
+        response = await sync_to_async(browser.post)("/accounts/logout/")
+        assert response.status_code == 302
+
+        assert await ws.receive_output(timeout=5) == {"type": "websocket.close", "code": 4401}
+        await get_channel_layer().group_send(f"campaign.{launched.pk}", {"type": "dashboard.changed"})
+        html, _ = await receive_update(other)
+        assert 'id="campaign-headline"' in html
+        await other.disconnect(timeout=5)
 
     asyncio.run(scenario())
