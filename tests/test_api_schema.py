@@ -39,7 +39,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 # Enough to reach every branch of the smaller operations and a fair sample of the larger
 # ones, while the whole run stays within a minute or two on a busy machine.
-EXAMPLES_PER_OPERATION = 30
+EXAMPLES_PER_OPERATION = 20
 
 
 @pytest.fixture
