@@ -14,7 +14,7 @@ from ninja import Field, Query, Router, Schema, Status
 
 from customers.auth import api_actor
 from customers.models import Customer, Topic
-from customers.schemas import ErrorOut
+from customers.schemas import error_responses
 from customers.services import FieldError, InputError, _unknown_topic_message
 
 from . import queries, render, services
@@ -31,9 +31,9 @@ from .schemas import (
 )
 
 router = Router(tags=["campaigns"])
-ERRORS = {400: ErrorOut, 401: ErrorOut, 404: ErrorOut}
-TRANSITION_ERRORS = {**ERRORS, 409: ErrorOut}
-MESSAGE_ERRORS = {400: ErrorOut, 401: ErrorOut, 409: ErrorOut}
+ERRORS = error_responses(404)
+TRANSITION_ERRORS = error_responses(404, 409)
+MESSAGE_ERRORS = error_responses(409)
 
 # The services name fields after CampaignInput; the API nests some of them.
 FIELD_PATHS = {

@@ -15,18 +15,18 @@ from .schemas import (
     CustomerOut,
     DeviceIn,
     DeviceOut,
-    ErrorOut,
     EventBatchIn,
     IngestOut,
     SubscriptionIn,
     SubscriptionOut,
     TimelineOut,
     UpsertOut,
+    error_responses,
 )
 
 router = Router(tags=["customers"])
 
-ERRORS = {400: ErrorOut, 401: ErrorOut, 404: ErrorOut}
+ERRORS = error_responses(404)
 
 
 def _customer(customer_id: int) -> Customer:

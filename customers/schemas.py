@@ -307,3 +307,10 @@ class ErrorItem(Schema):
 class ErrorOut(Schema):
     message: str
     errors: list[ErrorItem] = Field(default_factory=list)
+
+
+def error_responses(*statuses: int) -> dict[int, type[ErrorOut]]:
+    """The documented error answers of an operation, all in the one ErrorOut shape: 400 (input
+    refused) and 401 (no valid API key) everywhere, plus ``statuses`` (404 unknown id, 409 not
+    allowed in the current state)."""
+    return dict.fromkeys(sorted({400, 401, *statuses}), ErrorOut)

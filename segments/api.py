@@ -9,14 +9,14 @@ from pydantic import ConfigDict, model_validator
 
 from customers.auth import api_actor
 from customers.models import Customer
-from customers.schemas import ErrorOut
+from customers.schemas import error_responses
 
 from . import queries, services
 from . import rules as rule_language
 from .models import Segment
 
 router = Router(tags=["segments"])
-ERRORS = {400: ErrorOut, 401: ErrorOut, 404: ErrorOut}
+ERRORS = error_responses(404)
 
 
 class SegmentIn(Schema):

@@ -8,6 +8,13 @@ from tests.factories import CustomerFactory, TopicFactory, UserFactory
 
 PASSWORD = "correct horse battery staple"
 
+# How long any test waits for something to happen (a page to change, a socket message, a
+# server to start) before it fails. Waits end as soon as their condition holds, so this
+# only costs time when a test is failing; it is generous so that a loaded machine (CI,
+# other jobs on the same cores) slows the suite down without failing it.
+WAIT_SECONDS = 30
+WAIT_MS = WAIT_SECONDS * 1000
+
 
 @pytest.fixture(autouse=True)
 def sending_allowed_all_day(settings):
@@ -146,12 +153,22 @@ document.addEventListener("securitypolicyviolation", function (event) {{
 """
 
 
+def new_context(browser):
+    """A browser context whose every action and navigation waits up to WAIT_SECONDS."""
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    context.set_default_timeout(WAIT_MS)
+    context.set_default_navigation_timeout(WAIT_MS)
+    # Anything the Content-Security-Policy blocks (in the page or its frames) is a failure.
+    context.add_init_script(CSP_REPORTER)
+    return context
+
+
 @pytest.fixture
 def page(monkeypatch):
     """A page in the system Chromium (never a downloaded browser); fails the test on any JS error."""
     import shutil
 
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     executable = shutil.which("chromium") or shutil.which("chromium-browser") or os.environ.get("CHROMIUM_PATH")
     if not executable:
@@ -160,12 +177,10 @@ def page(monkeypatch):
     # test makes between browser steps are still plain synchronous code.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1440, "height": 1000})
-        context.set_default_timeout(10_000)
-        # Anything the Content-Security-Policy blocks (in the page or its frames) is a failure.
-        context.add_init_script(CSP_REPORTER)
-        page = context.new_page()
+        # expect() has a limit of its own (5 s by default), separate from the context's.
+        expect.set_options(timeout=WAIT_MS)
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, timeout=WAIT_MS)
+        page = new_context(browser).new_page()
         errors = []
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.on("console", lambda message: errors.append(message.text) if _is_console_error(message) else None)

@@ -12,7 +12,7 @@ from campaigns.providers import DeliveryEvent
 from campaigns.render import sms_length
 from segments.services import static_members_change
 from tests.campaigns.conftest import audience  # noqa: F401  (the fixture)
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, WAIT_SECONDS
 from tests.factories import CustomerFactory, SubscriptionFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -169,7 +169,7 @@ def test_a_marketer_composes_fixes_launches_and_reads_a_campaign(live_server, pa
     assert Delivery.objects.filter(campaign=campaign, status="planned").count() == 37
 
     # The workers send; some customers open and click; the page shows it.
-    dispatch.dispatch(budget_seconds=20)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     now = timezone.now()
     email = list(Delivery.objects.filter(campaign=campaign, channel="email", status="sent").order_by("id"))
     sms = list(Delivery.objects.filter(campaign=campaign, channel="sms", status="sent").order_by("id"))
@@ -226,7 +226,7 @@ def test_a_staged_ab_test_is_decided_from_the_campaign_page(live_server, page, s
     )
     campaign = services.campaign_create(data=data, actor="test")
     services.campaign_launch(campaign=campaign, actor="test")
-    dispatch.dispatch(budget_seconds=20)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     sent = Delivery.objects.filter(campaign=campaign, status="sent").select_related("variant")
     clicks = [d for d in sent if d.variant.key == "B"][:6] + [d for d in sent if d.variant.key == "A"][:1]
     services.delivery_events_apply(events=[DeliveryEvent("clicked", timezone.now(), delivery_id=d.pk) for d in clicks])

@@ -10,6 +10,8 @@ from django.conf import settings
 from django.db import connection
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from tests.conftest import WAIT_SECONDS
+
 PUBLISH = """
 import django, os
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -42,7 +44,7 @@ def test_another_process_can_push_to_a_websocket_group():
             params["dbname"] = connection.settings_dict["NAME"]
             env["DATABASE_URL"] = make_conninfo(**params)
         publisher = await asyncio.create_subprocess_exec(sys.executable, "-c", PUBLISH, env=env)
-        message = await asyncio.wait_for(layer.receive(channel), timeout=20)
+        message = await asyncio.wait_for(layer.receive(channel), timeout=WAIT_SECONDS)
         assert await publisher.wait() == 0
         return message, publisher.pid
 

@@ -11,6 +11,7 @@ from campaigns import dispatch
 from campaigns.models import Campaign, Content, Delivery, SandboxMessage, Variant
 from customers.models import AuditEntry
 from segments.services import static_members_change
+from tests.conftest import WAIT_SECONDS
 from tests.factories import CustomerFactory, SubscriptionFactory
 
 CONTENT = {
@@ -98,7 +99,7 @@ def test_create_launch_dispatch_then_read_counts_per_channel_and_suppressions_by
     assert launched.json()["audience_size"] == 6
     assert launched.json()["totals"]["planned"] == 5
 
-    assert dispatch.dispatch(budget_seconds=10)["sent"] == 5
+    assert dispatch.dispatch(budget_seconds=WAIT_SECONDS)["sent"] == 5
     assert SandboxMessage.objects.filter(to="ada@example.com").get().rendered["subject"] == "Hello Ada"
 
     detail = api.get(f"/campaigns/{campaign_id}")
@@ -257,7 +258,7 @@ def test_transitions_follow_the_lifecycle_and_refuse_the_rest_with_409(api, audi
     assert "sending" in again.json()["errors"][0]["message"]
 
     assert api.post(f"/campaigns/{campaign_id}/pause").json()["status"] == "paused"
-    assert dispatch.dispatch(budget_seconds=10) == {}  # paused: nothing goes out
+    assert dispatch.dispatch(budget_seconds=WAIT_SECONDS) == {}  # paused: nothing goes out
     assert api.post(f"/campaigns/{campaign_id}/resume").json()["status"] == "sending"
 
     no_test = api.post(f"/campaigns/{campaign_id}/send-remainder")
@@ -266,7 +267,7 @@ def test_transitions_follow_the_lifecycle_and_refuse_the_rest_with_409(api, audi
     cancelled = api.post(f"/campaigns/{campaign_id}/cancel").json()
     assert cancelled["status"] == "cancelled"
     assert cancelled["totals"]["cancelled"] == 5
-    assert dispatch.dispatch(budget_seconds=10) == {}
+    assert dispatch.dispatch(budget_seconds=WAIT_SECONDS) == {}
     assert api.post(f"/campaigns/{campaign_id}/cancel").status_code == 409
     assert api.post(f"/campaigns/{campaign_id}/resume").status_code == 409
     actions = list(AuditEntry.objects.filter(object_type="campaign", object_id=str(campaign_id))
@@ -297,7 +298,7 @@ def test_staged_send_shows_test_results_and_sends_the_chosen_winner(api, crowd):
     assert created["test"] == {"percent": 50, "metric": "click", "hours": 4, "channels": False}
     campaign_id = created["id"]
     api.post(f"/campaigns/{campaign_id}/launch")
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     staged = api.get(f"/campaigns/{campaign_id}").json()["staged"]
     assert staged["metric"] == "click"
     assert [arm["key"] for arm in staged["variants"]] == ["A", "B"]
@@ -312,7 +313,7 @@ def test_staged_send_shows_test_results_and_sends_the_chosen_winner(api, crowd):
     assert sent.status_code == 200, sent.content
     assert sent.json()["winner"]["variant"] == "B"
     assert not Delivery.objects.filter(campaign_id=campaign_id, status="held").exists()
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     after = api.get(f"/campaigns/{campaign_id}").json()
     assert after["totals"]["sent"] == 25
     assert after["by_variant"]["B"]["sent"] >= held
@@ -326,7 +327,7 @@ def test_staged_send_shows_test_results_and_sends_the_chosen_winner(api, crowd):
 def test_deliveries_page_through_every_row_once_newest_first(api, audience):
     campaign_id = create(api, body(audience))["id"]
     api.post(f"/campaigns/{campaign_id}/launch")
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     seen, cursor, pages = [], None, 0
     while True:
         params = {"limit": 5, **({"cursor": cursor} if cursor else {})}
@@ -403,7 +404,7 @@ def test_a_message_goes_through_the_policy(api, audience):
     assert alert.status_code == 202, alert.content
     assert (alert.json()["decision"], alert.json()["reason"], alert.json()["status"]) == ("send", "", "planned")
 
-    assert dispatch.dispatch(budget_seconds=10)["sent"] == 1
+    assert dispatch.dispatch(budget_seconds=WAIT_SECONDS)["sent"] == 1
     assert SandboxMessage.objects.get(to=dee.phone).rendered["body"] == "Your code is 1234, Dee"
     status = api.get(f"/messages/{alert.json()['delivery_id']}")
     assert status.status_code == 200
@@ -431,7 +432,7 @@ def test_a_subscribed_customer_gets_marketing_and_quiet_hours_defer_it(api, audi
     until = datetime.fromisoformat(later.json()["until"])
     assert until > now and until.astimezone(ZoneInfo("UTC")).time() == start
     settings.QUIET_HOURS = (time(0, 0), time.max)  # the dispatcher checks again at send time
-    assert dispatch.dispatch(budget_seconds=10)["sent"] == 1  # only the first; the deferred one waits
+    assert dispatch.dispatch(budget_seconds=WAIT_SECONDS)["sent"] == 1  # only the first; the deferred one waits
 
 
 def test_an_idempotency_key_sends_once(api, audience):
@@ -446,7 +447,7 @@ def test_an_idempotency_key_sends_once(api, audience):
     assert again.json()["delivery_id"] == first.json()["delivery_id"]
     assert again.json()["decision"] == "send"
     assert Delivery.objects.count() == 1
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     assert api.post("/messages", message).json()["status"] == "sent"
     assert SandboxMessage.objects.count() == 1
 
@@ -523,7 +524,7 @@ def test_send_remainder_without_a_body_sends_the_suggested_winner(api, crowd):
     campaign_id = create(api, body(crowd, content=None, variants=two_variants(), strategy="preferred",
                                    test={"percent": 50, "metric": "open", "channels": True}))["id"]
     api.post(f"/campaigns/{campaign_id}/launch")
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     staged = api.get(f"/campaigns/{campaign_id}").json()["staged"]
     assert [arm["key"] for arm in staged["channels"]] == ["email", "sms"]
     assert staged["suggested_variant"] in {"A", "B"} and staged["suggested_channel"] in {"email", "sms"}

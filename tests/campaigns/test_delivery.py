@@ -11,7 +11,10 @@ from campaigns.models import Campaign, Counter, Delivery, SandboxMessage
 from campaigns.queries import campaign_summary, staged_results
 from customers.models import Event
 from customers.services import EventInput, InputError, events_ingest
+from segments.services import static_members_change
 from tests.campaigns.conftest import make_campaign
+from tests.conftest import WAIT_SECONDS
+from tests.factories import CustomerFactory, SubscriptionFactory
 
 
 def test_writing_the_snapshot_twice_creates_nothing_new(audience):
@@ -37,10 +40,10 @@ def test_a_delivery_left_sending_by_a_dead_worker_is_settled_without_a_second_se
     provider_for("email").send_batch(messages)
     assert SandboxMessage.objects.count() == 2
     # Nothing happens while the lease runs…
-    assert dispatch.dispatch(budget_seconds=5) == {}
+    assert dispatch.dispatch(budget_seconds=WAIT_SECONDS) == {}
     # …and once it expired, the next worker settles them: two found, one sent.
     Delivery.objects.filter(pk__in=claimed).update(lease_until=now - timedelta(seconds=1))
-    assert dispatch.dispatch(budget_seconds=5)["sent"] == 3
+    assert dispatch.dispatch(budget_seconds=WAIT_SECONDS)["sent"] == 3
     assert SandboxMessage.objects.count() == 3
     assert set(Delivery.objects.filter(campaign=campaign, status="sent").values_list("pk", flat=True)) == set(claimed)
     assert campaign_summary(campaign)["totals"]["sent"] == 3
@@ -52,7 +55,7 @@ def test_a_late_worker_cannot_overwrite_what_another_settled(audience):
     now = timezone.now()
     ids = dispatch.claim(limit=100, now=now)
     Delivery.objects.filter(pk__in=ids).update(lease_until=now - timedelta(seconds=1))
-    dispatch.dispatch(budget_seconds=5)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     # The first worker comes back and reports a failure for rows already sent.
     from campaigns.providers import SendResult
 
@@ -65,18 +68,18 @@ def test_pause_holds_sending_and_resume_continues(audience):
     campaign = make_campaign(audience)
     services.campaign_launch(campaign=campaign, actor="test")
     services.campaign_pause(campaign=campaign, actor="test")
-    assert dispatch.dispatch(budget_seconds=5) == {}
+    assert dispatch.dispatch(budget_seconds=WAIT_SECONDS) == {}
     with pytest.raises(InputError):
         services.campaign_pause(campaign=campaign, actor="test")
     services.campaign_resume(campaign=campaign, actor="test")
-    assert dispatch.dispatch(budget_seconds=5)["sent"] == 5
+    assert dispatch.dispatch(budget_seconds=WAIT_SECONDS)["sent"] == 5
 
 
 def test_cancel_stops_what_is_not_sent(audience):
     campaign = make_campaign(audience)
     services.campaign_launch(campaign=campaign, actor="test")
     services.campaign_cancel(campaign=campaign, actor="test")
-    assert dispatch.dispatch(budget_seconds=5) == {}
+    assert dispatch.dispatch(budget_seconds=WAIT_SECONDS) == {}
     assert Delivery.objects.filter(campaign=campaign, status="cancelled").count() == 5
     assert Campaign.objects.get(pk=campaign.pk).status == "cancelled"
 
@@ -84,11 +87,18 @@ def test_cancel_stops_what_is_not_sent(audience):
 def test_throttle_sends_no_more_than_allowed_per_minute(audience):
     campaign = make_campaign(audience, throttle_per_minute=2)
     services.campaign_launch(campaign=campaign, actor="test")
-    assert dispatch.dispatch(budget_seconds=5)["sent"] == 2
+    assert dispatch.dispatch(budget_seconds=WAIT_SECONDS)["sent"] == 2
     assert Delivery.objects.filter(campaign=campaign, status="planned").count() == 3
 
 
 def test_staged_ab_test_holds_the_rest_until_a_winner_is_sent(audience):
+    # Who is in the test half is a hash of the campaign's and customers' ids, which depend on
+    # the tests that ran before: with only the three reachable customers of the audience, one
+    # run in eight held nobody back. Twenty more make an empty remainder practically impossible.
+    extra = [CustomerFactory(timezone="UTC") for _ in range(20)]
+    for customer in extra:
+        SubscriptionFactory(customer=customer, topic=audience["topic"], channel="email")
+    static_members_change(segment=audience["segment"], add=True, ids=[c.pk for c in extra], actor="test")
     content = lambda word: {"email": {"subject": word, "html": f"<p>{word}</p>"}}  # noqa: E731
     campaign = make_campaign(
         audience, channels=("email",),
@@ -100,13 +110,13 @@ def test_staged_ab_test_holds_the_rest_until_a_winner_is_sent(audience):
     held = rows.filter(status="held")
     assert rows.filter(test_group=True).count() + held.count() == rows.count()
     assert all(d.variant_id is None for d in held)
-    dispatch.dispatch(budget_seconds=5)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     services.campaigns_tick()
-    if held.exists():
-        assert Campaign.objects.get(pk=campaign.pk).status == "testing"
+    assert held.exists()
+    assert Campaign.objects.get(pk=campaign.pk).status == "testing"
     b = campaign.variants.get(key="B")
     services.campaign_send_remainder(campaign=campaign, actor="test", variant_id=b.pk)
-    dispatch.dispatch(budget_seconds=5)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     assert not Delivery.objects.filter(campaign=campaign, status="held").exists()
     remainder = Delivery.objects.filter(campaign=campaign, test_group=False).exclude(status="suppressed")
     assert all(d.variant_id == b.pk and d.status == "sent" for d in remainder)
@@ -126,7 +136,7 @@ def test_significance_needs_a_real_difference():
 def test_a_goal_event_converts_the_last_delivery_within_the_window(audience, django_capture_on_commit_callbacks):
     campaign = make_campaign(audience, channels=("email",), goal_event="order_completed", goal_within_hours=24)
     services.campaign_launch(campaign=campaign, actor="test")
-    dispatch.dispatch(budget_seconds=5)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     ada = audience["people"]["ada"]
     with django_capture_on_commit_callbacks(execute=True):
         events_ingest(items=[EventInput(customer_id=ada.pk, external_id=None, email=None, name="order_completed",
@@ -155,7 +165,7 @@ def test_one_off_message_goes_through_the_same_policy(audience, topics):
     again = services.message_send(customer=dee, topic=topics["alerts"], channel="sms",
                                   content={"body": "Your order shipped"}, actor="test", idempotency_key="ship-1")
     assert again.duplicate and again.delivery.pk == receipt.delivery.pk
-    dispatch.dispatch(budget_seconds=5)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     message = SandboxMessage.objects.get(delivery_id=receipt.delivery.pk)
     assert message.rendered["body"] == "Your order shipped"  # transactional: no STOP footer
 
@@ -189,7 +199,7 @@ def test_demo_campaigns_and_simulated_engagement(db, settings, django_capture_on
 def test_the_tracking_fast_path_counts_like_the_general_one(audience):
     campaign = make_campaign(audience, channels=("email",))
     services.campaign_launch(campaign=campaign, actor="test")
-    dispatch.dispatch(budget_seconds=5)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     first, second = Delivery.objects.filter(campaign=campaign, status="sent")[:2]
     assert services.engagement_record(delivery_id=first.pk, kind="clicked") == 3  # delivered, opened, clicked
     assert services.engagement_record(delivery_id=first.pk, kind="opened") == 0
@@ -206,16 +216,22 @@ def test_the_tracking_fast_path_counts_like_the_general_one(audience):
 def test_a_slow_batch_keeps_its_lease_so_no_other_worker_takes_it_over(audience, settings):
     import time
 
-    settings.DELIVERY_LEASE_SECONDS = 1
+    # Renewed every lease/3 seconds: a renewal may come more than a second late (a busy
+    # machine) before the lease runs out.
+    settings.DELIVERY_LEASE_SECONDS = 2
     campaign = make_campaign(audience, channels=("email",))
     services.campaign_launch(campaign=campaign, actor="test")
     ids = dispatch.claim(limit=100, now=timezone.now())
     keeper = dispatch.LeaseKeeper(ids)
     keeper.start()
     try:
-        time.sleep(2.5)  # the provider is slow: well past the first lease
+        time.sleep(3)  # the provider is slow: well past the first lease
         assert dispatch.claim_expired(limit=100, now=timezone.now()) == []
     finally:
         keeper.stop()
-    time.sleep(1.2)
-    assert sorted(dispatch.claim_expired(limit=100, now=timezone.now())) == sorted(ids)
+    # Without the keeper the lease runs out, and another worker takes the batch over.
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not (taken := dispatch.claim_expired(limit=100, now=timezone.now())):
+        assert time.monotonic() < deadline, "the lease never ran out once the keeper stopped"
+        time.sleep(0.1)
+    assert sorted(taken) == sorted(ids)

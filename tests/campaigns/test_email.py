@@ -13,6 +13,7 @@ from campaigns.models import Campaign, Delivery
 from campaigns.queries import campaign_summary
 from customers.models import ChannelStatus, Event, Subscription
 from tests.campaigns.conftest import make_campaign
+from tests.conftest import WAIT_SECONDS
 from tests.fakes.smtp import FakePostmark, FakeSMTPServer
 
 SITE = "https://switchboard.example.com"
@@ -33,7 +34,7 @@ def sending(settings):
 def smtp(sending):
     with FakeSMTPServer(refuse={"bob@example.com"}) as server:
         sending.MAILERS = {"default": {"BACKEND": SMTP_BACKEND,
-                                       "OPTIONS": {"host": server.host, "port": server.port, "timeout": 5}}}
+                                       "OPTIONS": {"host": server.host, "port": server.port, "timeout": WAIT_SECONDS}}}
         yield server
 
 
@@ -49,7 +50,7 @@ def delivery_of(campaign, person) -> Delivery:
 
 def test_a_campaign_email_arrives_personalised_tracked_and_unsubscribable(audience, smtp):
     campaign = launch(audience)
-    result = dispatch.dispatch(budget_seconds=10)
+    result = dispatch.dispatch(budget_seconds=WAIT_SECONDS)
 
     assert (result["sent"], result["failed"]) == (2, 1)  # ada and fay sent; bob refused by the server
     assert smtp.connections == 1  # the whole batch over one SMTP session
@@ -71,13 +72,13 @@ def test_a_campaign_email_arrives_personalised_tracked_and_unsubscribable(audien
 
 def test_a_resend_after_a_crash_carries_the_same_message_id(audience, smtp):
     campaign = launch(audience)
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     ada = delivery_of(campaign, audience["people"]["ada"])
     # What a worker that died after handing the message to the server leaves behind.
     Delivery.objects.filter(pk=ada.pk).update(status="sending", sent_at=None,
                                               lease_until=timezone.now() - timedelta(minutes=1))
 
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
 
     first, second = smtp.to("ada@example.com")
     assert first.message["Message-ID"] == second.message["Message-ID"]
@@ -86,7 +87,7 @@ def test_a_resend_after_a_crash_carries_the_same_message_id(audience, smtp):
 
 def test_transactional_email_has_no_list_unsubscribe(audience, topics, smtp):
     launch({**audience, "topic": topics["alerts"]}, name="Your order shipped")
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
 
     (mail,) = smtp.to("ada@example.com")
     assert mail.message["Subject"] == "Hello Ada"
@@ -96,7 +97,7 @@ def test_transactional_email_has_no_list_unsubscribe(audience, topics, smtp):
 
 def test_a_refused_recipient_fails_with_the_servers_reason(audience, smtp):
     campaign = launch(audience)
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
 
     bob = delivery_of(campaign, audience["people"]["bob"])
     assert bob.status == "failed"
@@ -108,10 +109,10 @@ def test_a_refused_recipient_fails_with_the_servers_reason(audience, smtp):
 def test_a_relay_that_caps_messages_per_session_gets_a_new_session(audience, sending):
     with FakeSMTPServer(messages_per_session=1) as server:
         sending.MAILERS = {"default": {"BACKEND": SMTP_BACKEND,
-                                       "OPTIONS": {"host": server.host, "port": server.port, "timeout": 5}}}
+                                       "OPTIONS": {"host": server.host, "port": server.port, "timeout": WAIT_SECONDS}}}
         campaign = launch(audience)
 
-        result = dispatch.dispatch(budget_seconds=10)
+        result = dispatch.dispatch(budget_seconds=WAIT_SECONDS)
 
     assert (result["sent"], result["retry"]) == (3, 0)
     assert server.connections == 3
@@ -127,7 +128,7 @@ def test_a_mail_server_that_is_down_means_retry_later_not_failure(audience, send
                                    "OPTIONS": {"host": "127.0.0.1", "port": port, "timeout": 2}}}
     campaign = launch(audience)
 
-    result = dispatch.dispatch(budget_seconds=10)
+    result = dispatch.dispatch(budget_seconds=WAIT_SECONDS)
 
     assert (result["sent"], result["failed"], result["retry"]) == (0, 0, 3)
     for name in ("ada", "bob", "fay"):
@@ -162,7 +163,7 @@ def at(minutes=0) -> str:
 
 def test_an_esp_send_records_the_esps_message_id_and_refusals(audience, postmark):
     campaign = launch(audience)
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
 
     ada = delivery_of(campaign, audience["people"]["ada"])
     sent = {m["To"]: m for m in postmark.sent}
@@ -176,7 +177,7 @@ def test_an_esp_send_records_the_esps_message_id_and_refusals(audience, postmark
 
 def test_esp_webhooks_move_deliveries_and_a_hard_bounce_suppresses_the_next_campaign(audience, postmark, client):
     campaign = launch(audience)
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     people = audience["people"]
     ids = {m["To"]: m["MessageID"] for m in postmark.sent}
 
@@ -217,7 +218,7 @@ def test_esp_webhooks_move_deliveries_and_a_hard_bounce_suppresses_the_next_camp
 
 def test_a_soft_bounce_changes_nothing(audience, postmark, client):
     campaign = launch(audience)
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     message_id = next(m["MessageID"] for m in postmark.sent if m["To"] == "fay@example.com")
     soft = {"RecordType": "Bounce", "ID": 42, "Type": "SoftBounce", "TypeCode": 4096, "MessageID": message_id,
             "Description": "Mailbox full", "Details": "452 4.2.2 mailbox full", "Email": "fay@example.com",
@@ -231,7 +232,7 @@ def test_a_soft_bounce_changes_nothing(audience, postmark, client):
 
 def test_an_unsubscribe_at_the_esp_unsubscribes_from_the_topic_by_email(audience, postmark, client):
     campaign = launch(audience)
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     ada = audience["people"]["ada"]
     message_id = next(m["MessageID"] for m in postmark.sent if m["To"] == "ada@example.com")
     change = {"RecordType": "SubscriptionChange", "MessageID": message_id, "ServerID": 23, "MessageStream": "broadcast",
@@ -250,7 +251,7 @@ def test_an_unsubscribe_at_the_esp_unsubscribes_from_the_topic_by_email(audience
 
 def test_a_webhook_with_the_wrong_secret_is_refused_and_changes_nothing(audience, postmark, client):
     campaign = launch(audience)
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     message_id = next(m["MessageID"] for m in postmark.sent if m["To"] == "ada@example.com")
     delivered = {"RecordType": "Delivery", "MessageID": message_id, "Recipient": "ada@example.com",
                  "DeliveredAt": at(), "Details": "", "Metadata": {}}

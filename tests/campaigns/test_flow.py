@@ -5,6 +5,7 @@ from campaigns.models import Campaign, Counter, Delivery, SandboxMessage
 from campaigns.queries import campaign_summary
 from customers.models import Event
 from tests.campaigns.conftest import make_campaign
+from tests.conftest import WAIT_SECONDS
 
 
 def test_launch_writes_one_delivery_per_allowed_channel_and_suppresses_with_reasons(audience):
@@ -26,9 +27,9 @@ def test_launch_writes_one_delivery_per_allowed_channel_and_suppresses_with_reas
 def test_dispatch_sends_each_delivery_once_and_records_everything(audience):
     campaign = make_campaign(audience)
     services.campaign_launch(campaign=campaign, actor="test")
-    result = dispatch.dispatch(budget_seconds=10)
+    result = dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     assert result["sent"] == 5
-    assert dispatch.dispatch(budget_seconds=10) == {}
+    assert dispatch.dispatch(budget_seconds=WAIT_SECONDS) == {}
     assert SandboxMessage.objects.count() == 5
     ada = audience["people"]["ada"]
     email = SandboxMessage.objects.get(to="ada@example.com")
@@ -58,7 +59,7 @@ def test_preferred_strategy_picks_one_channel(audience):
 def test_engagement_events_count_once_and_move_forward(audience):
     campaign = make_campaign(audience, channels=("email",))
     services.campaign_launch(campaign=campaign, actor="test")
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     delivery = Delivery.objects.get(campaign=campaign, customer=audience["people"]["ada"])
     from django.utils import timezone
 

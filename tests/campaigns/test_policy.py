@@ -11,6 +11,7 @@ from campaigns.models import Delivery
 from customers.models import ChannelKind
 from customers.services import channel_status_set, consent_record, subscription_set
 from tests.campaigns.conftest import make_campaign
+from tests.conftest import WAIT_SECONDS
 from tests.factories import CustomerFactory, DeviceFactory, SubscriptionFactory
 
 
@@ -88,7 +89,7 @@ def test_frequency_cap_counts_every_channel_and_campaign(audience, settings):
     settings.FREQUENCY_CAP_MESSAGES = 2
     ada = audience["people"]["ada"]  # email and SMS
     services.campaign_launch(campaign=make_campaign(audience, name="First"), actor="test")
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     assert Delivery.objects.filter(customer=ada, status="sent").count() == 2
     second = make_campaign(audience, name="Second")
     services.campaign_launch(campaign=second, actor="test")
@@ -104,7 +105,7 @@ def test_the_cap_is_checked_again_at_send_time(audience, settings):
     first, second = make_campaign(audience, name="First"), make_campaign(audience, name="Second")
     services.campaign_launch(campaign=first, actor="test")
     services.campaign_launch(campaign=second, actor="test")  # both planned before anything was sent
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     ada = audience["people"]["ada"]
     sent = Delivery.objects.filter(customer=ada, status="sent")
     assert sent.count() == 1
@@ -116,7 +117,7 @@ def test_an_unsubscribe_after_launch_stops_the_send(audience):
     services.campaign_launch(campaign=campaign, actor="test")
     bob = audience["people"]["bob"]
     subscription_set(customer=bob, topic=audience["topic"], channel="email", subscribed=False, source="test", actor="test")
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     delivery = Delivery.objects.get(campaign=campaign, customer=bob)
     assert (delivery.status, delivery.reason) == ("suppressed", "not_subscribed")
 
@@ -143,7 +144,7 @@ def test_quiet_hours_at_launch_defer_and_never_drop(audience, settings):
     assert delivery.status == "planned"
     assert delivery.due_at > timezone.now()
     assert delivery.due_at.astimezone(ZoneInfo(bob.timezone)).time() == settings.QUIET_HOURS[0]
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     delivery.refresh_from_db()
     assert delivery.status == "planned" and delivery.sent_at is None  # deferred, never dropped
     # Ada is in UTC-daytime or not; either way she is not held by Bob's night.

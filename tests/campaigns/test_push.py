@@ -11,6 +11,7 @@ from campaigns.models import Delivery
 from customers.models import Device
 from customers.services import device_register
 from tests.campaigns.conftest import make_campaign
+from tests.conftest import WAIT_SECONDS
 from tests.factories import SubscriptionFactory
 from tests.fakes.push import FakeFCM, FakePushService, vapid_keys
 
@@ -61,7 +62,7 @@ def test_an_fcm_push_reaches_the_live_device_and_dead_tokens_are_removed(push_au
     cyd_browser = add_device(people["cyd"], "webpush", '{"endpoint": "https://push.example.net/x", "keys": {}}')
     campaign = launch(push_audience)
 
-    result = dispatch.dispatch(budget_seconds=10)
+    result = dispatch.dispatch(budget_seconds=WAIT_SECONDS)
 
     assert (result["sent"], result["failed"]) == (1, 2)
     (message,) = fcm.to("fcm-ada-phone")
@@ -88,11 +89,11 @@ def test_a_customer_with_no_device_left_gets_no_push(push_audience, fcm):
     add_device(people["ada"], "fcm", "fcm-ada-phone")
     add_device(people["bob"], "fcm", "fcm-bob-old")
     launch(push_audience)
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     requests_before = len(fcm.sent)
 
     following = launch(push_audience, name="Spring sale")
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
 
     bob = delivery_of(following, people["bob"])
     assert (bob.status, bob.reason) == ("suppressed", "no_address")
@@ -106,7 +107,7 @@ def test_fcm_unavailable_means_retry_later(push_audience, fcm):
     fcm.unavailable = True
     campaign = launch(push_audience)
 
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
 
     ada = delivery_of(campaign, push_audience["people"]["ada"])
     assert ada.status == "planned" and "UNAVAILABLE" in ada.reason
@@ -134,7 +135,7 @@ def test_a_web_push_arrives_encrypted_and_signed_and_a_gone_subscription_is_remo
     add_device(people["bob"], "webpush", web_push.subscribe("bob").token())
     campaign = launch(push_audience)
 
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
 
     (push,) = web_push.to("ada")
     ada = delivery_of(campaign, people["ada"])
@@ -155,13 +156,13 @@ def test_a_web_push_resent_after_a_crash_replaces_the_first(push_audience, web_p
     add_device(people["ada"], "webpush", web_push.subscribe("ada").token())
     add_device(people["cyd"], "webpush", web_push.subscribe("cyd").token())
     campaign = launch(push_audience)
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     ada = delivery_of(campaign, people["ada"])
     # What a worker that died after the push service accepted the message leaves behind.
     Delivery.objects.filter(pk=ada.pk).update(status="sending", sent_at=None,
                                               lease_until=timezone.now() - timedelta(minutes=1))
 
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
 
     first, second = web_push.to("ada")
     assert first.headers["topic"] == second.headers["topic"]

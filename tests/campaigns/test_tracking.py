@@ -21,6 +21,7 @@ from campaigns.queries import campaign_summary
 from customers.models import Consent, ConsentState, Event, Subscription
 from customers.services import channel_status_set
 from tests.campaigns.conftest import make_campaign
+from tests.conftest import WAIT_SECONDS
 from tests.factories import DeviceFactory
 
 PIXEL_SRC = re.compile(r'<img src="([^"]+/t/o/[^"]+\.gif)"')
@@ -57,7 +58,7 @@ def sent(audience):
     """An email campaign sent to the audience; ada's rendered email and its delivery."""
     campaign = make_campaign(audience, channels=("email",))
     services.campaign_launch(campaign=campaign, actor="test")
-    assert dispatch.dispatch(budget_seconds=10)["sent"] == 3  # ada, bob, fay
+    assert dispatch.dispatch(budget_seconds=WAIT_SECONDS)["sent"] == 3  # ada, bob, fay
     ada = audience["people"]["ada"]
     delivery = Delivery.objects.get(campaign=campaign, customer=ada, channel="email")
     message = SandboxMessage.objects.get(delivery_id=delivery.pk)
@@ -229,7 +230,7 @@ def test_unsubscribing_from_a_transactional_message_explains_instead(sent, topic
     ada = sent["ada"]
     result = services.message_send(customer=ada, topic=topics["alerts"], channel="email", actor="test",
                                    content={"subject": "Your password was changed", "html": "<p>It was you?</p>"})
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     message = SandboxMessage.objects.get(delivery_id=result.delivery.pk)
     assert "/u/" not in message.rendered["html"]  # receipts carry no unsubscribe link or header
     path = path_of(render.unsubscribe_url(result.delivery.pk))
@@ -374,7 +375,7 @@ def test_simultaneous_first_opens_count_once(sent, caplog):
         threads = [threading.Thread(target=load) for _ in range(2)]
         for thread in threads:
             thread.start()
-        deadline = time_module.monotonic() + 20
+        deadline = time_module.monotonic() + WAIT_SECONDS
         with connection.cursor() as cursor:
             while True:
                 cursor.execute("SELECT pg_stat_clear_snapshot()")  # the view is read once per transaction otherwise
@@ -387,7 +388,7 @@ def test_simultaneous_first_opens_count_once(sent, caplog):
                 assert time_module.monotonic() < deadline, f"the two requests never queued up: {answers}"
                 time_module.sleep(0.02)
     for thread in threads:
-        thread.join(20)
+        thread.join(WAIT_SECONDS)
     assert answers == [200, 200]
     hidden = [r.getMessage() for r in caplog.records if r.name == "campaigns.tracking" and r.levelno >= logging.ERROR]
     assert not hidden, f"the pixel hid an error: {hidden}"

@@ -17,6 +17,7 @@ from campaigns.providers.twilio import TwilioSMS
 from campaigns.queries import campaign_summary
 from customers.models import ChannelStatus, Event, Subscription
 from tests.campaigns.conftest import make_campaign
+from tests.conftest import WAIT_SECONDS
 from tests.factories import SubscriptionFactory
 from tests.fakes.twilio import FakeTwilio
 
@@ -48,7 +49,7 @@ def twilio(settings):
 def send(audience, **options):
     campaign = make_campaign(audience, **options)
     services.campaign_launch(campaign=campaign, actor="test")
-    dispatch.dispatch(budget_seconds=20)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     return campaign
 
 
@@ -96,7 +97,7 @@ def test_rate_limit_puts_the_delivery_back_for_later(audience, twilio):
     assert "Too Many Requests" in row.reason
     assert delivery(campaign, audience["people"]["ada"]).status == "sent"
     # Not due yet: another pass sends nothing more.
-    dispatch.dispatch(budget_seconds=5)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     assert twilio.posts_to(cyd.phone) == 1 and Delivery.objects.get(pk=row.pk).status == "planned"
 
 
@@ -183,7 +184,7 @@ def test_crashed_send_is_settled_without_sending_twice(audience, twilio, queued_
         api.post(path, data={"To": people["cyd"].phone, "From": SMS_FROM, "Body": "Your code is 4"})
     posts_before = twilio.posts_to(people["cyd"].phone)
 
-    dispatch.dispatch(budget_seconds=20)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
 
     cyd = delivery(campaign, people["cyd"])
     assert (cyd.status, cyd.provider_message_id) == ("sent", accepted)

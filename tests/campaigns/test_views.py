@@ -11,6 +11,7 @@ from campaigns import dispatch, services
 from campaigns.models import Campaign, Content, Delivery, SandboxMessage
 from customers.models import AuditEntry
 from tests.campaigns.conftest import make_campaign
+from tests.conftest import WAIT_SECONDS
 
 pytestmark = pytest.mark.django_db
 
@@ -89,7 +90,7 @@ def every_page(campaign, draft, audience):
 @pytest.mark.parametrize("who", ["outsider", "support"])
 def test_outsiders_and_support_are_refused_on_every_page_and_nothing_changes(request, client, audience, who):
     campaign = launched(audience)
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     draft = make_campaign(audience, name="Draft")
     client.force_login(request.getfixturevalue(who))
     before = (Campaign.objects.count(), Delivery.objects.count(), AuditEntry.objects.count())
@@ -120,7 +121,7 @@ def test_the_list_is_empty_at_first(client, marketer):
 
 def test_the_list_shows_progress_and_rates_with_a_fixed_number_of_queries(client, marketer, audience, django_assert_num_queries):
     sent = launched(audience, name="Sent one")
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     from campaigns.providers import DeliveryEvent
 
     email = Delivery.objects.filter(campaign=sent, channel="email", status="sent").order_by("id")
@@ -335,7 +336,7 @@ def test_scheduling_for_later_says_when(client, marketer, audience):
 
 def test_the_campaign_page_shows_results_after_dispatch(client, marketer, audience):
     campaign = launched(audience)
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     client.force_login(marketer)
     page = text(client.get(reverse("campaigns:detail", args=[campaign.pk])))
     assert 'id="campaign-results"' in page
@@ -376,7 +377,7 @@ def test_a_staged_test_shows_significance_and_sends_the_remainder_with_the_winne
         services.VariantInput(key="B", content={"email": {"subject": "B", "html": "<p>B</p>"}}),
     ]
     campaign = launched(audience, channels=("email",), variants=variants, test_percent=90)
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     client.force_login(marketer)
     page = text(client.get(reverse("campaigns:detail", args=[campaign.pk])))
     assert 'id="staged-test"' in page
@@ -404,7 +405,7 @@ def test_drafts_can_be_deleted_from_their_page(client, marketer, audience):
 
 def test_the_outbox_lists_what_the_sandbox_sent_and_shows_an_email(client, marketer, audience):
     campaign = launched(audience)
-    dispatch.dispatch(budget_seconds=10)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     client.force_login(marketer)
     page = text(client.get(reverse("campaigns:outbox")))
     assert page.count("<tr data-message=") == 5

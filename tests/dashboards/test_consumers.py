@@ -16,6 +16,7 @@ from campaigns.models import Delivery
 from campaigns.providers import DeliveryEvent
 from config.asgi import application
 from tests.campaigns.conftest import make_campaign
+from tests.conftest import WAIT_SECONDS
 
 # channels-postgres removes sockets from groups through its own database alias.
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "channels_postgres"])
@@ -35,7 +36,7 @@ def communicator(path, session=None, origin=b"http://testserver", host=b"testser
     return WebsocketCommunicator(application, path, headers=headers)
 
 
-async def receive_update(ws, timeout=5):
+async def receive_update(ws, timeout=WAIT_SECONDS):
     """One push: the out-of-band HTML fragments, then the chart JSON."""
     html = await ws.receive_from(timeout=timeout)
     charts = json.loads(await ws.receive_from(timeout=timeout))
@@ -57,7 +58,7 @@ def memory_layer(settings):
 def launched(audience):
     campaign = make_campaign(audience, channels=("email",))
     services.campaign_launch(campaign=campaign, actor="test")
-    dispatch.dispatch(budget_seconds=5)
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     return campaign
 
 
@@ -68,14 +69,14 @@ def test_a_marketer_gets_the_whole_dashboard_as_soon_as_the_socket_opens(memory_
 
     async def scenario():
         ws = communicator(f"/ws/dashboards/campaigns/{launched.pk}/", session)
-        connected, _ = await ws.connect()
+        connected, _ = await ws.connect(timeout=WAIT_SECONDS)
         assert connected
         html, charts = await receive_update(ws)
         assert 'id="campaign-headline"' in html and 'hx-swap-oob="true"' in html
         assert 'data-stat="opened">0 · 0<' in html
         opens = [trace for trace in charts["charts"]["series-chart"]["data"] if trace["name"].startswith("Opens")]
         assert opens and sum(opens[0]["y"]) == 0
-        await ws.disconnect(timeout=5)
+        await ws.disconnect(timeout=WAIT_SECONDS)
 
     asyncio.run(scenario())
 
@@ -87,7 +88,7 @@ def test_bursts_are_coalesced_and_the_last_change_is_never_lost(marketer, launch
 
     async def scenario():
         ws = communicator(f"/ws/dashboards/campaigns/{launched.pk}/", session)
-        await ws.connect()
+        await ws.connect(timeout=WAIT_SECONDS)
         await receive_update(ws)
         layer = get_channel_layer()
         started = time.monotonic()
@@ -99,20 +100,20 @@ def test_bursts_are_coalesced_and_the_last_change_is_never_lost(marketer, launch
                     events=[DeliveryEvent("clicked", timezone.now(), delivery_id=delivery.pk)]
                 )
             await layer.group_send(f"campaign.{launched.pk}", {"type": "dashboard.changed"})
-        # Wait for the push that shows the last change (however slow the machine is), then
-        # for quiet: nothing more may follow it.
-        pushes, last, deadline = 0, "", time.monotonic() + 60
+        # Every push until one shows the last change, then any that still follow it.
+        pushes, last, last_at = 0, "", started
         while 'data-stat="opened">0 · 1<' not in last:
-            assert time.monotonic() < deadline, f"no push showed the last change; the last one was {last[:300]}"
-            last, _ = await receive_update(ws, timeout=30)
-            pushes += 1
-        last_push_at = time.monotonic()
-        assert await ws.receive_nothing(timeout=3 * settings.DASHBOARD_PUSH_INTERVAL)
-        # 50 notifications became at most one push per interval (the consumer spaces its
-        # pushes at least an interval apart), not 50.
-        assert 1 <= pushes <= 2 + int((last_push_at - started) / settings.DASHBOARD_PUSH_INTERVAL)
-        assert pushes < 10
-        await ws.disconnect(timeout=5)
+            last, _ = await receive_update(ws)
+            pushes, last_at = pushes + 1, time.monotonic()
+        while not await ws.receive_nothing(timeout=2 * settings.DASHBOARD_PUSH_INTERVAL):
+            last, _ = await receive_update(ws)
+            pushes, last_at = pushes + 1, time.monotonic()
+        # 50 notifications became at most one push per interval, however long the machine
+        # took to deliver them (one or two on a quiet machine), not one per notification…
+        assert 1 <= pushes <= 1 + int((last_at - started) / settings.DASHBOARD_PUSH_INTERVAL)
+        # …and the trailing push shows the last change.
+        assert 'data-stat="opened">0 · 1<' in last
+        await ws.disconnect(timeout=WAIT_SECONDS)
 
     asyncio.run(scenario())
 
@@ -120,7 +121,7 @@ def test_bursts_are_coalesced_and_the_last_change_is_never_lost(marketer, launch
 def test_anonymous_visitors_are_refused(launched, memory_layer):
     async def scenario():
         ws = communicator(f"/ws/dashboards/campaigns/{launched.pk}/")
-        connected, code = await ws.connect()
+        connected, code = await ws.connect(timeout=WAIT_SECONDS)
         assert not connected and code == 4401
 
     asyncio.run(scenario())
@@ -131,14 +132,14 @@ def test_support_staff_cannot_watch_a_campaign_but_can_watch_the_overview(suppor
 
     async def scenario():
         ws = communicator(f"/ws/dashboards/campaigns/{launched.pk}/", session)
-        connected, code = await ws.connect()
+        connected, code = await ws.connect(timeout=WAIT_SECONDS)
         assert not connected and code == 4403
         ws = communicator("/ws/dashboards/overview/", session)
-        connected, _ = await ws.connect()
+        connected, _ = await ws.connect(timeout=WAIT_SECONDS)
         assert connected
         html, _ = await receive_update(ws)
         assert 'id="overview-headline"' in html
-        await ws.disconnect(timeout=5)
+        await ws.disconnect(timeout=WAIT_SECONDS)
 
     asyncio.run(scenario())
 
@@ -148,9 +149,9 @@ def test_outsiders_and_unknown_campaigns_are_refused(outsider, marketer, launche
 
     async def scenario():
         ws = communicator("/ws/dashboards/overview/", outsider_session)
-        assert (await ws.connect()) == (False, 4403)
+        assert (await ws.connect(timeout=WAIT_SECONDS)) == (False, 4403)
         ws = communicator("/ws/dashboards/campaigns/999999/", marketer_session)
-        assert (await ws.connect()) == (False, 4403)
+        assert (await ws.connect(timeout=WAIT_SECONDS)) == (False, 4403)
 
     asyncio.run(scenario())
 
@@ -160,7 +161,7 @@ def test_other_origins_are_refused(marketer, launched, memory_layer):
 
     async def scenario():
         ws = communicator("/ws/dashboards/overview/", session, origin=b"https://evil.example")
-        connected, _ = await ws.connect()
+        connected, _ = await ws.connect(timeout=WAIT_SECONDS)
         assert not connected
 
     asyncio.run(scenario())

@@ -17,6 +17,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from aiosmtpd.smtp import SMTP
 
+# Generous, like the tests' own waits: a loaded machine may take seconds to start a thread's loop.
+WAIT_SECONDS = 30
+
 
 @dataclass
 class ReceivedMail:
@@ -92,7 +95,7 @@ class FakeSMTPServer:
         future = asyncio.run_coroutine_threadsafe(
             self._loop.create_server(self._protocol, self.host, 0), self._loop
         )
-        self._server = future.result(timeout=5)
+        self._server = future.result(timeout=WAIT_SECONDS)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -101,9 +104,9 @@ class FakeSMTPServer:
             self._server.close()
             await self._server.wait_closed()
 
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=5)
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=WAIT_SECONDS)
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=WAIT_SECONDS)
         self._loop.close()
 
     def to(self, address: str) -> list[ReceivedMail]:

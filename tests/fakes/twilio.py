@@ -185,7 +185,7 @@ class FakeTwilio:
 
         self._thread = threading.Thread(target=run, name="fake-twilio", daemon=True)
         self._thread.start()
-        if not ready.wait(10):
+        if not ready.wait(30):  # generous: a loaded machine may take seconds to start the thread's loop
             raise RuntimeError("the fake Twilio server did not start")
         return self
 
