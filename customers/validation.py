@@ -125,7 +125,11 @@ SCHEDULE_HORIZON = timedelta(days=5 * 366)
 
 
 def check_moment(value: datetime, *, ahead: timedelta, what: str = "the time") -> datetime:
-    """Return ``value`` if it lies between 1970 and ``ahead`` from now, else raise :class:`InvalidValue`."""
+    """Return ``value`` in UTC if it lies between 1970 and ``ahead`` from now, else raise
+    :class:`InvalidValue`.
+
+    In UTC because Python reads offsets up to ±23:59 while PostgreSQL stores at most ±15:59.
+    """
     from django.utils import timezone
 
     if value < EARLIEST:
@@ -138,7 +142,7 @@ def check_moment(value: datetime, *, ahead: timedelta, what: str = "the time") -
             f"{what} is more than {_span(ahead)} in the future (latest {latest:%Y-%m-%d %H:%M} UTC); "
             "check the date and the UTC offset"
         )
-    return value
+    return value.astimezone(UTC)
 
 
 def _span(delta: timedelta) -> str:

@@ -235,6 +235,19 @@ def test_accepted_timestamps_at_the_edges_of_the_window(api, customer):
     assert old.status_code == 200 and old.json()["accepted"] == 1
 
 
+def test_an_offset_python_reads_but_postgresql_does_not_is_stored_as_the_same_moment(api, customer):
+    # +17:39 is a valid ISO offset to Python; PostgreSQL stores offsets up to ±15:59 only.
+    moment = (timezone.now() - timedelta(days=2)).replace(microsecond=0)
+    far_east = moment.astimezone(timezone.get_fixed_timezone(17 * 60 + 39)).isoformat()
+    consent = api.post(f"/customers/{customer.pk}/consent",
+                       {"channel": "email", "granted": True, "source": "t", "occurred_at": far_east})
+    assert consent.status_code == 201
+    event = api.post("/events", _event(occurred_at=far_east, idempotency_key="far-east"))
+    assert event.status_code == 200 and event.json()["accepted"] == 1
+    assert Consent.objects.get(customer=customer).occurred_at == moment
+    assert Event.objects.get(name="order_completed").occurred_at == moment
+
+
 @pytest.mark.parametrize("moment", ["10000-01-01 00:00:00+00", "0001-01-01 00:00:00+00", "1969-12-31 23:00:00+00"])
 def test_the_database_refuses_timeline_and_consent_rows_outside_the_window(customer, moment):
     from django.db import IntegrityError, transaction
