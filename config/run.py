@@ -29,10 +29,8 @@ def main() -> int:
     env.setdefault("DEBUG", "1")
     # The demo plays opens, clicks and conversions for what the sandbox providers "send".
     env.setdefault("SANDBOX_SIMULATE", "1")
-    # Mail the platform itself sends (a fresh preference-centre link) is printed here in the
-    # demo, unless a mail server is configured.
-    if not env.get("EMAIL_BACKEND") and not env.get("EMAIL_HOST"):
-        env["EMAIL_BACKEND"] = "django.core.mail.backends.console.EmailBackend"
+    # Mail the platform itself sends (password resets, fresh preference-centre links) is
+    # printed here unless a mail server is configured: DEBUG's default mailer (settings).
     server = None
     if not env.get("DATABASE_URL"):
         print("Starting the embedded PostgreSQL in .data/pg …", flush=True)
