@@ -39,6 +39,9 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self._joined = [self.group, session_group(self.scope["session"].session_key)]
         for group in self._joined:
             await self.channel_layer.group_add(group, self.channel_name)
+        # Changes committed before the join are not announced to this socket: the first push
+        # must be rendered after it.
+        self._changed_at = time.monotonic()
         await self.accept()
         # Catch up at once: on first connect and after every reconnect.
         await self.push()
@@ -61,6 +64,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
 
     async def dashboard_changed(self, event):
         """Coalesce: at most one push per DASHBOARD_PUSH_INTERVAL; the last change is never dropped."""
+        self._changed_at = time.monotonic()
         if self._flush is not None:
             return
         wait = self._last_push + settings.DASHBOARD_PUSH_INTERVAL - time.monotonic()
@@ -76,7 +80,9 @@ class DashboardConsumer(AsyncWebsocketConsumer):
 
     async def push(self):
         self._last_push = time.monotonic()
-        update = await live.renders.get(self.group, self.build)
+        # A render shared with other sockets is good enough only if it began after the last
+        # change this socket heard of; an older one would show the figures before that change.
+        update = await live.renders.get(self.group, self.build, since=self._changed_at)
         if update is None:
             await self.close(code=FORBIDDEN)
             return

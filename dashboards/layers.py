@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 import typing
+import uuid
 from collections import defaultdict
 
 import channels_redis.core
@@ -233,9 +235,16 @@ class RedisChannelLayer(channels_redis.core.RedisChannelLayer):
     of the process; and a restarted Redis without persistence has forgotten every group. This
     layer waits for Redis to answer again instead, then adds this process's channels back to
     the groups they had joined.
+
+    Whether Redis forgot the groups is not read from connection errors (redis-py reconnects
+    and retries a command by itself, so a short restart can pass without one): each layer
+    keeps a marker key of its own beside its groups, and a missing marker means Redis lost
+    its data. The marker is checked before this layer sends anything and, at most once per
+    ``CHECK_SECONDS``, while its sockets wait for messages.
     """
 
     RETRY_SECONDS = 0.1
+    CHECK_SECONDS = 1.0
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -253,34 +262,49 @@ class RedisChannelLayer(channels_redis.core.RedisChannelLayer):
             for host in self.hosts
         ]
         self._memberships: dict[str, set[str]] = defaultdict(set)
-        # Set when Redis was lost, until this process's groups are joined again.
-        self._lost = False
+        self._marker = f"{self.prefix}:layer:{uuid.uuid4().hex}"
+        self._checked = 0.0
 
-    async def _rejoin_if_lost(self) -> None:
-        """Join this process's groups again if Redis was lost (raises while it is still down).
+    async def _rejoin_if_lost(self, *, force: bool = False) -> None:
+        """Join this process's groups again if Redis lost them (raises while it is still down).
 
         Done before anything else this layer sends, so a message published right after
         Redis comes back reaches the sockets that were open before."""
-        if not self._lost:
+        if not self._memberships:
+            return
+        now = time.monotonic()
+        if not force and now - self._checked < self.CHECK_SECONDS:
+            return
+        self._checked = now
+        lost = False
+        for index in range(self.ring_size):
+            lost = lost or not await self.connection(index).exists(self._marker)
+        if not lost:
             return
         for group, members in list(self._memberships.items()):
             for member in list(members):
                 await super().group_add(group, member)
-        self._lost = False
-        logger.warning("channel layer: Redis is back; rejoined %d groups", len(self._memberships))
+        await self._mark()
+        logger.warning("channel layer: Redis had lost this process's groups; rejoined %d", len(self._memberships))
+
+    async def _mark(self) -> None:
+        for index in range(self.ring_size):
+            await self.connection(index).set(self._marker, b"1", ex=self.group_expiry)
 
     async def send(self, channel: str, message: dict) -> None:
-        await self._rejoin_if_lost()
+        await self._rejoin_if_lost(force=True)
         await super().send(channel, message)
 
     async def group_send(self, group: str, message: dict) -> None:
-        await self._rejoin_if_lost()
+        await self._rejoin_if_lost(force=True)
         await super().group_send(group, message)
 
     async def group_add(self, group: str, channel: str) -> None:
-        await self._rejoin_if_lost()
+        await self._rejoin_if_lost(force=True)
         await super().group_add(group, channel)
         self._memberships[group].add(channel)
+        # Refreshed with every join, so it outlives the groups it stands for.
+        await self._mark()
 
     async def group_discard(self, group: str, channel: str) -> None:
         members = self._memberships.get(group)
@@ -293,15 +317,15 @@ class RedisChannelLayer(channels_redis.core.RedisChannelLayer):
     async def _brpop_with_clean(self, index, channel, timeout):
         # Only one receive per process waits here at a time (channels-redis's receive lock).
         try:
+            await self._rejoin_if_lost()
             return await super()._brpop_with_clean(index, channel, timeout)
         except REDIS_LOST as exc:
-            self._lost = True
             logger.warning("channel layer: lost Redis (%s); waiting for it", exc)
         while True:
             await asyncio.sleep(self.RETRY_SECONDS)
             try:
                 await self.connection(index).ping()
-                await self._rejoin_if_lost()
+                await self._rejoin_if_lost(force=True)
             except REDIS_LOST:
                 continue
             # Nothing received: channels-redis's loop calls again.

@@ -12,7 +12,6 @@ import json
 import time
 
 from channels.db import database_sync_to_async
-from django.conf import settings
 from django.template.loader import render_to_string
 
 from campaigns.models import Campaign
@@ -51,21 +50,23 @@ def campaign_update(campaign_id: int) -> tuple[str, str] | None:
 
 
 class SharedRenders:
-    """One render per group at a time, reused by every consumer in this process for a short while."""
+    """One render per group at a time, reused by every consumer in this process that needs
+    figures no older than that render."""
 
     def __init__(self) -> None:
         self._locks: dict[str, asyncio.Lock] = {}
         self._cache: dict[str, tuple[float, object]] = {}
 
-    async def get(self, group: str, build, *args):
+    async def get(self, group: str, build, *args, since: float):
+        """The group's update, rendered after ``since`` (a ``time.monotonic()`` reading)."""
         lock = self._locks.setdefault(group, asyncio.Lock())
         async with lock:
             cached = self._cache.get(group)
-            # Fresh enough: rendered after this push was due.
-            if cached and time.monotonic() - cached[0] < settings.DASHBOARD_PUSH_INTERVAL / 2:
+            if cached and cached[0] >= since:
                 return cached[1]
+            started = time.monotonic()
             value = await database_sync_to_async(build)(*args)
-            self._cache[group] = (time.monotonic(), value)
+            self._cache[group] = (started, value)
             return value
 
     def forget(self, group: str) -> None:

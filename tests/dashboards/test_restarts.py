@@ -274,7 +274,7 @@ async def add_a_customer(web, external_id: str) -> None:
     pytest.fail(f"the API did not accept an event within {RECOVERY_SECONDS} s\n{web.log()}")
 
 
-async def shows(ws, customers: int) -> None:
+async def shows(ws, customers: int, web=None, which: str = "open") -> None:
     """Wait for a push showing ``customers`` customers."""
     deadline = time.monotonic() + RECOVERY_SECONDS
     seen = None
@@ -285,7 +285,8 @@ async def shows(ws, customers: int) -> None:
             break
         if seen == customers:
             return
-    pytest.fail(f"the open dashboard showed {seen} customers, not {customers}, within {RECOVERY_SECONDS} s")
+    pytest.fail(f"the {which} showed {seen} customers, not {customers}, within {RECOVERY_SECONDS} s"
+                + (f"\n{web.log()}" if web else ""))
 
 
 async def survives(web, restart) -> None:
@@ -297,8 +298,8 @@ async def survives(web, restart) -> None:
     assert count == before
     await add_a_customer(web, f"restart-{time.monotonic_ns()}")
     # The socket opened before the restart hears about the change, and so does the new one.
-    await shows(old, before + 1)
-    await shows(new, before + 1)
+    await shows(old, before + 1, web, "dashboard opened before the restart")
+    await shows(new, before + 1, web, "dashboard opened after the restart")
     await old.close()
     await new.close()
 
