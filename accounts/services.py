@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import Count, Q
-from django.utils import timezone
-from django.utils.crypto import salted_hmac
 
+from customers.limits import email_request_allow
 from customers.services import audit
 
-from .models import PasswordResetRequest
-
-# pg_advisory_xact_lock(class, key): the class keeps these locks apart from any other use.
-RESET_LOCK_CLASS = 7301
+PASSWORD_RESET = "password-reset"
 
 
 def client_details(request) -> dict:
@@ -36,34 +30,12 @@ def signin_audit(*, action: str, username: str, user_id: object = "", request=No
           details={"username": username, **client_details(request), **details})
 
 
-def _address_key(email: str) -> str:
-    return salted_hmac("accounts.password-reset", email.strip().lower(), algorithm="sha256").hexdigest()
-
-
 def password_reset_allow(*, email: str, ip_address: str) -> bool:
-    """Record a password-reset request; True if it is within the limits and may send.
-
-    At most ``PASSWORD_RESET_LIMIT_PER_ADDRESS`` allowed requests per address and
-    ``PASSWORD_RESET_LIMIT_PER_CLIENT`` requests of any kind per client address within
-    ``PASSWORD_RESET_WINDOW``. Counted in the database, so every web process shares the count.
-    """
-    key = _address_key(email)
-    since = timezone.now() - settings.PASSWORD_RESET_WINDOW
-    with transaction.atomic():
-        # Requests for the same address or from the same client wait for each other, so two
-        # at once cannot both take the last allowed one. Always address first, then client.
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_advisory_xact_lock(%s, hashtext(%s)), pg_advisory_xact_lock(%s, hashtext(%s))",
-                [RESET_LOCK_CLASS, "address:" + key, RESET_LOCK_CLASS, "client:" + ip_address],
-            )
-        # Rows older than the window count for nothing: keep the table to one window.
-        PasswordResetRequest.objects.filter(requested_at__lt=since).delete()
-        counts = PasswordResetRequest.objects.filter(requested_at__gte=since).aggregate(
-            address=Count("pk", filter=Q(address_key=key, allowed=True)),
-            client=Count("pk", filter=Q(ip_address=ip_address)),
-        )
-        allowed = (counts["address"] < settings.PASSWORD_RESET_LIMIT_PER_ADDRESS
-                   and counts["client"] < settings.PASSWORD_RESET_LIMIT_PER_CLIENT)
-        PasswordResetRequest.objects.create(address_key=key, ip_address=ip_address, allowed=allowed)
-    return allowed
+    """Record a password-reset request; True if it is within the limits and may send:
+    ``PASSWORD_RESET_LIMIT_PER_ADDRESS`` emails per address and
+    ``PASSWORD_RESET_LIMIT_PER_CLIENT`` requests per client within ``PASSWORD_RESET_WINDOW``."""
+    return email_request_allow(
+        purpose=PASSWORD_RESET, email=email, ip_address=ip_address,
+        per_address=settings.PASSWORD_RESET_LIMIT_PER_ADDRESS, per_client=settings.PASSWORD_RESET_LIMIT_PER_CLIENT,
+        window=settings.PASSWORD_RESET_WINDOW,
+    )

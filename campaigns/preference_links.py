@@ -3,38 +3,26 @@
 Anyone can ask, so the answer never says whether the address belongs to a customer: the
 page shows the same words either way, the lookup costs the same, and the email is sent by
 a background task. Each address gets at most PREFERENCES_LINK_REQUESTS_PER_HOUR links an
-hour, so the form cannot flood someone's inbox.
+hour, counted in the database for every web process, so the form cannot flood an inbox.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+from datetime import timedelta
 
 from django.conf import settings
-from django.core.cache import cache
 from django.core.mail import send_mail
 from django.template.loader import render_to_string
 
+from customers.limits import email_request_allow
 from customers.models import Customer
 
 from . import render
 
 logger = logging.getLogger(__name__)
 
-HOUR = 3600
-
-
-def _allowed(address: str) -> bool:
-    """Count one request for ``address``; False once it passed the hourly limit."""
-    key = "preferences-link:" + hashlib.sha256(address.encode()).hexdigest()
-    cache.add(key, 0, HOUR)
-    try:
-        count = cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.set(key, 1, HOUR)
-        count = 1
-    return count <= settings.PREFERENCES_LINK_REQUESTS_PER_HOUR
+PURPOSE = "preferences-link"
 
 
 def link_request(*, email: str) -> None:
@@ -45,7 +33,11 @@ def link_request(*, email: str) -> None:
     from django_q.tasks import async_task
 
     address = email.strip().lower()  # customers' addresses are stored lower-case
-    if not _allowed(address):
+    allowed = email_request_allow(
+        purpose=PURPOSE, email=address,
+        per_address=settings.PREFERENCES_LINK_REQUESTS_PER_HOUR, window=timedelta(hours=1),
+    )
+    if not allowed:
         logger.info("preference link request over the hourly limit for one address")
         return
     customer_id = Customer.objects.filter(email=address).values_list("pk", flat=True).first()

@@ -414,11 +414,8 @@ from datetime import timedelta  # noqa: E402
 
 PREFERENCES_LINK_MAX_AGE = timedelta(days=float(os.environ.get("PREFERENCES_LINK_MAX_AGE_DAYS", "30")))
 # At most this many fresh links are emailed to one address in an hour (so the form cannot
-# be used to flood an inbox), counted in the cache: Redis when there is one (shared by every
-# web process), otherwise each process's memory.
+# be used to flood an inbox), counted in the database (customers/limits.py).
 PREFERENCES_LINK_REQUESTS_PER_HOUR = int(os.environ.get("PREFERENCES_LINK_REQUESTS_PER_HOUR", "3"))
-if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 # --- end of preference-centre links ---------------------------------------------------------
 
 # The send policy (campaigns/policy.py).

@@ -404,3 +404,26 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.actor} {self.action} {self.object_type} {self.object_id}"
+
+
+class EmailRequest(models.Model):
+    """One request, from a public form, for an email to an address (a password reset, a fresh
+    preference-centre link); kept for one limit window so the form cannot flood an inbox
+    (see customers/limits.py)."""
+
+    purpose = models.CharField(max_length=40)
+    requested_at = models.DateTimeField(default=tz.now, db_index=True)
+    # An HMAC of the normalised address, not the address: the table only has to count.
+    address_key = models.CharField(max_length=64)
+    ip_address = models.CharField(max_length=45, blank=True, default="")
+    # Whether the request was within the limits (an email was sent if the address is known).
+    allowed = models.BooleanField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["purpose", "address_key", "requested_at"], name="customers_emailreq_address"),
+            models.Index(fields=["purpose", "ip_address", "requested_at"], name="customers_emailreq_client"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.purpose} {self.requested_at:%Y-%m-%d %H:%M} from {self.ip_address or '?'}"

@@ -5,7 +5,7 @@ import re
 import pytest
 from axes.models import AccessAttempt
 
-from accounts.models import PasswordResetRequest
+from customers.models import EmailRequest
 from tests.conftest import PASSWORD
 from tests.fakes.smtp import FakeSMTPServer
 
@@ -79,8 +79,8 @@ def test_the_limits_last_one_window(client, marketer, smtp):
     for _ in range(3):
         ask_for_reset(client, "marketer@example.com")
     # An hour goes by.
-    for request in PasswordResetRequest.objects.all():
-        PasswordResetRequest.objects.filter(pk=request.pk).update(
+    for request in EmailRequest.objects.all():
+        EmailRequest.objects.filter(pk=request.pk).update(
             requested_at=request.requested_at - timedelta(minutes=61))
 
     ask_for_reset(client, "marketer@example.com")
@@ -104,7 +104,7 @@ def test_a_malformed_address_is_refused_on_the_form_and_counts_nothing(client, m
 
     assert response.status_code == 422
     assert "Enter a valid email address." in response.content.decode()
-    assert PasswordResetRequest.objects.count() == 0
+    assert EmailRequest.objects.count() == 0
     assert smtp.messages == []
 
 

@@ -411,12 +411,10 @@ def link_made_days_ago(customer_id: int, days: float) -> str:
 @pytest.fixture
 def mailbox(settings):
     """A real SMTP server on loopback as the default mailer; the link task runs at once."""
-    from django.core.cache import cache
     from django_q.conf import Conf
 
     from tests.fakes.smtp import FakeSMTPServer
 
-    cache.clear()  # the hourly limit per address counts in the cache
     settings.SITE_URL = "https://switchboard.example.com"
     settings.DEFAULT_FROM_EMAIL = "Shop <news@shop.example.com>"
     with FakeSMTPServer() as server:
@@ -427,7 +425,6 @@ def mailbox(settings):
             yield server
         finally:
             Conf.SYNC = sync
-            cache.clear()
 
 
 def wait_for_mail(server, address: str, count: int = 1, timeout: float = 5.0) -> list:
