@@ -25,6 +25,7 @@ from .models import (
     ConsentState,
     Customer,
     Device,
+    EmailRequest,
     Event,
     Subscription,
     Topic,
@@ -423,6 +424,18 @@ class AuditEntryAdmin(ReadOnlyAdmin):
     date_hierarchy = "occurred_at"
     search_fields = ("actor__exact", "action__exact", "object_id__exact")
     search_help_text = "Exact actor (admin:alice, api:crm-sync), action (api_key.created) or object id."
+
+
+@admin.register(EmailRequest)
+class EmailRequestAdmin(ReadOnlyAdmin):
+    """Who asked the public forms for emails (password resets, fresh preference links) in the
+    last limit window: addresses are kept only as an HMAC, so this shows volume, not people."""
+
+    list_display = ("requested_at", "purpose", "ip_address", "allowed")
+    list_filter = ("purpose", "allowed")
+    date_hierarchy = "requested_at"
+    search_fields = ("ip_address__exact",)
+    search_help_text = "Exact client address."
 
 
 # --- API keys ------------------------------------------------------------------------------------

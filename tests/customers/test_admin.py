@@ -1,5 +1,6 @@
 import json
 import re
+from datetime import timedelta
 
 import pytest
 from django.apps import apps
@@ -10,6 +11,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from customers import services
+from customers.limits import email_request_allow
 from customers.models import (
     ApiKey,
     AuditEntry,
@@ -18,6 +20,7 @@ from customers.models import (
     ConsentState,
     Customer,
     Device,
+    EmailRequest,
     Event,
     Subscription,
     Topic,
@@ -26,7 +29,7 @@ from customers.roles import ADMIN
 from tests.factories import CustomerFactory
 
 EDITABLE = (Customer, Device, Topic, Subscription, ChannelStatus, ApiKey)
-READ_ONLY = (Event, Consent, ConsentState, AuditEntry)
+READ_ONLY = (Event, Consent, ConsentState, AuditEntry, EmailRequest)
 
 
 @pytest.fixture(params=["superuser", "admin-role"])
@@ -54,6 +57,8 @@ def add_records(customer: Customer, topics: dict) -> None:
     )
     services.api_key_create(name=f"key for {customer.pk}")
     ChannelStatus.objects.create(customer=customer, channel="email", status="bounced", reason="550 no such mailbox")
+    email_request_allow(purpose="password-reset", email=customer.email or "someone@example.com",
+                        ip_address="192.0.2.10", per_address=3, window=timedelta(hours=1))
 
 
 @pytest.fixture
