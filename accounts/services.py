@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 
 from customers.limits import email_request_allow
-from customers.services import audit
+from core.audit import audit
 
 PASSWORD_RESET = "password-reset"
 

@@ -15,7 +15,8 @@ from ninja import Field, Query, Router, Schema, Status
 from customers.auth import api_actor
 from customers.models import Customer, Topic
 from customers.schemas import error_responses
-from customers.services import FieldError, InputError, _unknown_topic_message
+from core.errors import FieldError, InputError
+from customers.services import _unknown_topic_message
 
 from . import queries, render, services
 from .models import Campaign, Delivery, DeliveryStatus

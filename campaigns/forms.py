@@ -2,7 +2,7 @@
 
 The compose form only parses what the browser sends (numbers, dates, ``name=value``
 lines) into a :class:`~campaigns.services.CampaignInput`; the rules of a valid campaign
-live in ``campaigns.services``, whose :class:`~customers.services.FieldError` paths
+live in ``campaigns.services``, whose :class:`~core.errors.FieldError` paths
 ("variants[1].content.email.subject") are mapped back onto the inputs they are about.
 """
 
@@ -16,7 +16,7 @@ from django import forms
 from django.utils import timezone
 
 from customers.models import ChannelKind, Topic
-from customers.services import InputError
+from core.errors import InputError
 from segments.models import Segment
 
 from . import render

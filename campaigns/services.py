@@ -16,7 +16,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from customers.models import ChannelKind, Customer, Topic
-from customers.services import FieldError, InputError, audit
+from core.audit import audit
+from core.errors import FieldError, InputError
 from customers.validation import SCHEDULE_HORIZON, InvalidValue, check_moment
 from segments.models import Segment
 

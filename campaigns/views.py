@@ -22,7 +22,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from customers.models import ChannelKind
 from customers.roles import MARKETER, role_required
-from customers.services import InputError
+from core.errors import InputError
 
 from . import outbox, queries, render as message_render, services
 from .forms import CONTENT_INPUTS, PERSONALISATION, CampaignForm, OutboxFilterForm, initial_from, preview_content

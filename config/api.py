@@ -15,7 +15,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 
 from customers.auth import ApiKeyAuth
-from customers.services import InputError
+from core.errors import InputError
 from customers.validation import unstorable
 
 logger = logging.getLogger(__name__)

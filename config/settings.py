@@ -108,6 +108,7 @@ INSTALLED_APPS = [
     "django_q",
     "django_htmx",
     "ninja",
+    "core",
     "customers",
     "segments",
     "campaigns",

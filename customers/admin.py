@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.paginator import Paginator
-from django.db import connection, transaction
+from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.functional import cached_property
 from django.utils.html import format_html
+
+from core.admin import BigTableAdmin, ReadOnlyAdmin, ReadOnlyInline
+from core.audit import audit
 
 from . import services, signals
 from .models import (
     ApiKey,
-    AuditEntry,
     ChannelStatus,
     Consent,
     ConsentState,
@@ -34,66 +34,13 @@ from .models import (
 from .validation import InvalidValue, normalize_email, normalize_phone, normalize_timezone
 
 
-class LargeTablePaginator(Paginator):
-    """Exact counts for filtered lists and small tables, the planner's estimate for a whole big one.
-
-    ``count(*)`` over millions of events takes seconds, and the changelist only needs it
-    to number the pages.
-    """
-
-    ESTIMATE_ABOVE = 100_000
-
-    @cached_property
-    def count(self) -> int:
-        queryset = self.object_list
-        if hasattr(queryset, "query") and not queryset.query.where:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-                    [queryset.model._meta.db_table],
-                )
-                row = cursor.fetchone()
-            if row and row[0] > self.ESTIMATE_ABOVE:
-                return row[0]
-        return super().count
-
-
-class BigTableAdmin(admin.ModelAdmin):
-    paginator = LargeTablePaginator
-    # The "N total" link would run a second count(*) over the whole table.
-    show_full_result_count = False
-
-
-class ReadOnlyMixin:
-    """Viewable history: nobody adds, changes or deletes it from the admin."""
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
-class ReadOnlyAdmin(ReadOnlyMixin, BigTableAdmin):
-    pass
-
-
-class ReadOnlyInline(ReadOnlyMixin, admin.TabularInline):
-    extra = 0
-    can_delete = False
-    show_change_link = True
-
-
 def _actor(request) -> str:
     return f"admin:{request.user.get_username()}"
 
 
 def _audit_admin_change(request, obj, form, change: bool, object_type: str) -> None:
     fields = sorted(form.changed_data) if change else []
-    services.audit(
+    audit(
         actor=_actor(request),
         action=f"{object_type}.{'changed' if change else 'created'}",
         object_type=object_type,
@@ -274,13 +221,13 @@ class DeviceAdmin(BigTableAdmin):
         _adopt(obj, device)
 
     def delete_model(self, request, obj) -> None:
-        services.audit(actor=_actor(request), action="device.deleted", object_type="device", object_id=obj.pk,
+        audit(actor=_actor(request), action="device.deleted", object_type="device", object_id=obj.pk,
                        details={"customer": obj.customer_id})
         super().delete_model(request, obj)
 
     def delete_queryset(self, request, queryset) -> None:
         for device in queryset:
-            services.audit(actor=_actor(request), action="device.deleted", object_type="device",
+            audit(actor=_actor(request), action="device.deleted", object_type="device",
                            object_id=device.pk, details={"customer": device.customer_id})
         super().delete_queryset(request, queryset)
 
@@ -416,14 +363,6 @@ class ConsentStateAdmin(ReadOnlyAdmin):
     search_help_text = "Customer external id or customer id."
     list_select_related = ("customer", "consent")
     ordering = ("-id",)
-
-
-@admin.register(AuditEntry)
-class AuditEntryAdmin(ReadOnlyAdmin):
-    list_display = ("occurred_at", "actor", "action", "object_type", "object_id")
-    date_hierarchy = "occurred_at"
-    search_fields = ("actor__exact", "action__exact", "object_id__exact")
-    search_help_text = "Exact actor (admin:alice, api:crm-sync), action (api_key.created) or object id."
 
 
 @admin.register(EmailRequest)

@@ -4,6 +4,8 @@ from django.http import Http404
 from ninja import Query, Router, Schema, Status
 from ninja import Field as NinjaField
 
+from core.errors import FieldError, InputError
+
 from . import queries, services
 from .auth import api_actor
 from .models import ChannelKind, Customer, EventCategory, Topic
@@ -122,7 +124,7 @@ def customer_timeline(request, customer_id: int, params: Query[TimelineQuery]):
             category=params.category or "", channel=params.channel or "",
         )
     except queries.InvalidCursor as exc:
-        raise services.InputError([services.FieldError("cursor", str(exc))]) from None
+        raise InputError([FieldError("cursor", str(exc))]) from None
     return {"events": page.events, "next_cursor": page.next_cursor}
 
 
@@ -140,7 +142,7 @@ def subscription_set(request, customer_id: int, payload: SubscriptionIn):
     customer = _customer(customer_id)
     topic = Topic.objects.filter(key=payload.topic).first()
     if topic is None:
-        raise services.InputError([services.FieldError("topic", services._unknown_topic_message(payload.topic))])
+        raise InputError([FieldError("topic", services._unknown_topic_message(payload.topic))])
     changed = services.subscription_set(
         customer=customer, topic=topic, channel=payload.channel, subscribed=payload.subscribed,
         source=payload.source, actor=api_actor(request), reason=payload.reason,

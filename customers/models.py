@@ -388,24 +388,6 @@ class ApiKey(models.Model):
         return cls.PREFIX + secrets.token_urlsafe(32)
 
 
-class AuditEntry(models.Model):
-    """Who changed what, from the UI, the API or the admin."""
-
-    occurred_at = models.DateTimeField(default=tz.now, db_index=True)
-    actor = models.CharField(max_length=255)
-    action = models.CharField(max_length=64)
-    object_type = models.CharField(max_length=64)
-    object_id = models.CharField(max_length=64, blank=True, default="")
-    details = models.JSONField(default=dict, blank=True)
-
-    class Meta:
-        verbose_name_plural = "audit entries"
-        ordering = ["-occurred_at", "-id"]
-
-    def __str__(self) -> str:
-        return f"{self.actor} {self.action} {self.object_type} {self.object_id}"
-
-
 class EmailRequest(models.Model):
     """One request, from a public form, for an email to an address (a password reset, a fresh
     preference-centre link); kept for one limit window so the form cannot flood an inbox

@@ -17,10 +17,12 @@ from datetime import datetime
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
+from core.audit import audit
+from core.errors import FieldError, InputError
+
 from . import signals
 from .models import (
     ApiKey,
-    AuditEntry,
     ChannelKind,
     Consent,
     ConsentState,
@@ -39,37 +41,9 @@ CHANNELS = frozenset(ChannelKind.values)
 PROFILE_FIELDS = ("email", "phone", "first_name", "last_name", "locale", "timezone", "lifecycle_stage")
 
 
-@dataclass
-class FieldError:
-    field: str
-    message: str
-    index: int | None = None
-
-    def as_dict(self) -> dict:
-        data = {"field": self.field, "message": self.message}
-        if self.index is not None:
-            data = {"index": self.index, **data}
-        return data
-
-
-class InputError(Exception):
-    """Input that cannot be accepted; nothing was written."""
-
-    def __init__(self, errors: list[FieldError], message: str = "The request was not accepted; nothing was written."):
-        super().__init__(message)
-        self.message = message
-        self.errors = errors
-
-
 def _on_commit_send(signal, **kwargs) -> None:
     # robust: the change is committed; a failing listener is logged, not reported to the caller.
     transaction.on_commit(lambda: signal.send(sender=Customer, **kwargs), robust=True)
-
-
-def audit(*, actor: str, action: str, object_type: str, object_id: object = "", details: dict | None = None) -> None:
-    AuditEntry.objects.create(
-        actor=actor, action=action, object_type=object_type, object_id=str(object_id), details=details or {}
-    )
 
 
 # Errors that mean a concurrent transaction got there first: a deadlock, a serialization

@@ -10,7 +10,7 @@ from django import forms
 from django.db.models import Q
 
 from customers.models import Customer
-from customers.services import InputError
+from core.errors import InputError
 
 from .models import Segment
 

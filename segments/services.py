@@ -17,7 +17,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from customers.models import Customer, Topic
-from customers.services import FieldError, InputError, audit
+from core.audit import audit
+from core.errors import FieldError, InputError
 
 from . import rules as rule_language
 from .models import Segment, SegmentMembership, SegmentSize

@@ -20,7 +20,7 @@ from django.views.decorators.vary import vary_on_headers
 from customers import queries as customer_queries
 from customers.models import ChannelKind
 from customers.roles import MARKETER, SUPPORT, role_required
-from customers.services import InputError
+from core.errors import InputError
 
 from . import queries, services
 from . import rules as rule_language

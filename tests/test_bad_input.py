@@ -17,7 +17,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from campaigns.models import Campaign, Delivery
-from customers.models import AuditEntry, Consent, ConsentState, Customer, Event, Subscription
+from core.models import AuditEntry
+from customers.models import Consent, ConsentState, Customer, Event, Subscription
 from segments.models import Segment, SegmentMembership
 from segments.services import segment_create
 from tests.factories import CustomerFactory, EventFactory

@@ -6,7 +6,7 @@ import pytest
 from axes.models import AccessAttempt
 from django.core.management import call_command
 
-from customers.models import AuditEntry
+from core.models import AuditEntry
 from tests.conftest import PASSWORD
 
 OFFICE = "203.0.113.7"

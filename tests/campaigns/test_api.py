@@ -7,9 +7,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.utils import timezone
 
+from core.models import AuditEntry
 from campaigns import dispatch
 from campaigns.models import Campaign, Content, Delivery, SandboxMessage, Variant
-from customers.models import AuditEntry
 from segments.services import static_members_change
 from tests.conftest import WAIT_SECONDS
 from tests.factories import CustomerFactory, SubscriptionFactory

@@ -10,7 +10,8 @@ from campaigns import dispatch, outbox, services, simulation
 from campaigns.models import Campaign, Counter, Delivery, SandboxMessage
 from campaigns.queries import campaign_summary, staged_results
 from customers.models import Event
-from customers.services import EventInput, InputError, events_ingest
+from core.errors import InputError
+from customers.services import EventInput, events_ingest
 from segments.services import static_members_change
 from tests.campaigns.conftest import make_campaign
 from tests.conftest import WAIT_SECONDS

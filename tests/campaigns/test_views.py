@@ -7,9 +7,9 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from core.models import AuditEntry
 from campaigns import dispatch, services
 from campaigns.models import Campaign, Content, Delivery, SandboxMessage
-from customers.models import AuditEntry
 from tests.campaigns.conftest import make_campaign
 from tests.conftest import WAIT_SECONDS
 

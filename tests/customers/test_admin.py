@@ -12,9 +12,9 @@ from django.urls import reverse
 
 from customers import services
 from customers.limits import email_request_allow
+from core.models import AuditEntry
 from customers.models import (
     ApiKey,
-    AuditEntry,
     ChannelStatus,
     Consent,
     ConsentState,
@@ -67,12 +67,14 @@ def records(customer, topics):
 
 
 def admin_url(model, view: str, *args) -> str:
-    return reverse(f"admin:customers_{model._meta.model_name}_{view}", args=args)
+    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{view}", args=args)
 
 
-def test_every_customers_model_is_in_admin():
+def test_every_customers_and_core_model_is_in_admin():
     # The ingestion counter is a dashboard aggregate, not a record anyone reviews.
-    models = set(apps.get_app_config("customers").get_models()) - {apps.get_model("customers", "IngestCounter")}
+    models = (
+        set(apps.get_app_config("customers").get_models()) | set(apps.get_app_config("core").get_models())
+    ) - {apps.get_model("customers", "IngestCounter")}
     assert models == set(EDITABLE + READ_ONLY)
     assert all(admin.site.is_registered(model) for model in models)
 

@@ -10,9 +10,9 @@ from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
+from core.models import AuditEntry
 from customers.models import (
     ApiKey,
-    AuditEntry,
     Consent,
     ConsentState,
     Customer,

@@ -6,7 +6,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from customers import services
-from customers.models import AuditEntry, Event, EventCategory, Subscription
+from core.models import AuditEntry
+from customers.models import Event, EventCategory, Subscription
 from tests.conftest import PASSWORD
 from tests.factories import CustomerFactory, EventFactory, SubscriptionFactory
 

@@ -174,7 +174,7 @@ def test_unrelated_events_leave_segments_alone(django_assert_max_num_queries):
 
 
 def test_cycles_are_rejected_with_the_chain():
-    from customers.services import InputError
+    from core.errors import InputError
 
     a = services.segment_create(name="A", rules={"attr": "lifecycle_stage", "op": "eq", "value": "x"}, actor="t")
     b = services.segment_create(name="B", rules={"segment": a.pk}, actor="t")

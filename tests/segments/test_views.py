@@ -10,7 +10,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from django.utils import timezone
 
-from customers.models import AuditEntry, Customer, Event
+from core.models import AuditEntry
+from customers.models import Customer, Event
 from segments import services
 from segments.models import Segment, SegmentMembership, SegmentSize
 from tests.factories import CustomerFactory, EventFactory
