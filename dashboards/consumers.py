@@ -76,7 +76,12 @@ class DashboardConsumer(AsyncWebsocketConsumer):
     async def _push_later(self, wait: float):
         await asyncio.sleep(wait)
         self._flush = None
-        await self.push()
+        try:
+            await self.push()
+        except OSError:
+            # The browser left while the update was being rendered (the server reports
+            # ClientDisconnected, an OSError); its disconnect follows and cleans up.
+            pass
 
     async def push(self):
         self._last_push = time.monotonic()
