@@ -109,7 +109,7 @@ def setup_django(database_url: str) -> None:
 
 def create_api_key(name: str = "bench") -> str:
     """A new API key through the service (call :func:`setup_django` first); returns the raw key."""
-    from customers.services import api_key_create
+    from customers.services.api_keys import api_key_create
 
     _, raw = api_key_create(name=name)
     return raw

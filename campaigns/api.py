@@ -16,7 +16,7 @@ from customers.auth import api_actor
 from customers.models import Customer, Topic
 from customers.schemas import error_responses
 from core.errors import FieldError, InputError
-from customers.services import _unknown_topic_message
+from customers.services.preferences import unknown_topic_message
 
 from . import queries, render, services
 from .models import Campaign, Delivery, DeliveryStatus
@@ -416,7 +416,7 @@ def message_send(request, payload: MessageIn):
         errors.append(FieldError(f"customer.{lookup}", f"no customer has {lookup.replace('_', ' ')} {value}"))
     topic = Topic.objects.filter(key=payload.topic).first()
     if topic is None:
-        errors.append(FieldError("topic", _unknown_topic_message(payload.topic)))
+        errors.append(FieldError("topic", unknown_topic_message(payload.topic)))
     channel = str(payload.channel)
     try:
         render.compile_content(channel, payload.content)

@@ -205,7 +205,7 @@ def _unsubscribe(delivery: dict, *, esp_name: str, reason: str) -> None:
     """An unsubscribe at the ESP (its link, or the mailbox's one-click button) is an opt-out
     from that delivery's topic by email, as if made in our preference centre."""
     from customers.models import Customer
-    from customers.services import subscriptions_change
+    from customers.services.preferences import subscriptions_change
 
     customer = Customer.objects.filter(pk=delivery["customer_id"]).first()
     if customer is None:

@@ -1,22 +1,25 @@
-"""Conversions are attributed as goal events arrive, right after they commit."""
+"""Conversions are attributed as goal events arrive, right after they commit, whichever
+path wrote them (the API, a Segment-compatible source, the platform itself)."""
 
 import logging
 
 from django.dispatch import receiver
 
-from customers.signals import events_ingested
+from customers.signals import customers_changed
 
 from . import services
 
 logger = logging.getLogger(__name__)
 
 
-@receiver(events_ingested, dispatch_uid="campaigns.on_events")
-def on_events(sender, customer_ids, names, **kwargs):
+@receiver(customers_changed, dispatch_uid="campaigns.on_customers_changed")
+def on_customers_changed(sender, change, **kwargs):
+    if not change.by_name:
+        return
     try:
-        services.conversions_attribute(customer_ids=customer_ids, names=names)
+        services.conversions_attribute(customer_ids=set(change.customer_ids), names=set(change.names))
     except Exception:
         logger.exception("conversion attribution failed; queued for the background workers")
         from django_q.tasks import async_task
 
-        async_task("campaigns.tasks.attribute_conversions", sorted(customer_ids), sorted(names))
+        async_task("campaigns.tasks.attribute_conversions", sorted(change.customer_ids), sorted(change.names))

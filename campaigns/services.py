@@ -798,7 +798,7 @@ def engagement_record(*, delivery_id: int, kind: str, at: datetime | None = None
 
 def _address_feedback() -> None:
     """Hard bounces make an address unusable; complaints stop marketing on that channel."""
-    from customers.services import channel_status_set
+    from customers.services.preferences import channel_status_set
 
     with connection.cursor() as cursor:
         cursor.execute(

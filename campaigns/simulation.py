@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from customers.services import EventInput, events_ingest
+from customers.services.ingestion import EventInput, events_ingest
 
 from .providers import DeliveryEvent
 from .services import delivery_events_apply

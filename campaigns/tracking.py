@@ -29,7 +29,7 @@ from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_http_methods
 
 from customers.models import ChannelKind, ChannelStatus, ConsentState, Customer, Device, Subscription, Topic
-from customers.services import subscriptions_change
+from customers.services.preferences import subscriptions_change
 
 from . import preference_links
 from . import render as tokens

@@ -34,7 +34,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from customers.models import ChannelKind, Customer, Subscription
-from customers.services import channel_status_set, subscriptions_change
+from customers.services.preferences import channel_status_set, subscriptions_change
 
 from .providers import DeliveryEvent
 from .services import delivery_events_apply

@@ -1,23 +1,21 @@
 """Django admin for the customers app: raw records, topics and API keys.
 
 The timeline (Event), the consent ledger and its derived state, and the audit trail are
-history: viewable here, never edited. Preference changes go through
-``services.subscription_set`` so they leave the same timeline entry as any other change.
+history: viewable here, never edited (consent can be recorded anew). Every save goes through
+the customers services, so it leaves the same timeline entry, and tells the same listeners,
+as the same change made anywhere else.
 """
 
 from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.db import transaction
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import format_html
 
 from core.admin import BigTableAdmin, ReadOnlyAdmin, ReadOnlyInline
 from core.audit import audit
 
-from . import services, signals
 from .models import (
     ApiKey,
     ChannelStatus,
@@ -29,9 +27,9 @@ from .models import (
     Event,
     Subscription,
     Topic,
-    category_for,
 )
-from .validation import InvalidValue, normalize_email, normalize_phone, normalize_timezone
+from .services import api_keys, preferences, profiles
+from .validation import CONSENT_AHEAD, InvalidValue, check_moment, normalize_email, normalize_phone, normalize_timezone
 
 
 def _actor(request) -> str:
@@ -159,24 +157,11 @@ class CustomerAdmin(BigTableAdmin):
         return False
 
     def save_model(self, request, obj: Customer, form, change: bool) -> None:
-        now = timezone.now()
-        obj.updated_at = now
-        super().save_model(request, obj, form, change)
-        changes = _profile_changes(form, change)
-        name = "customer.updated" if change else "customer.created"
-        Event.objects.create(
-            customer=obj, name=name, category=category_for(name),
-            properties={"changes": changes} if change else {"fields": changes},
-            occurred_at=now, received_at=now, source="admin", actor=_actor(request),
+        profiles.customer_save(
+            customer=obj, changes=_profile_changes(form, change), created=not change, source="admin",
+            actor=_actor(request),
         )
         _audit_admin_change(request, obj, form, change, "customer")
-        fields = set(changes)
-        transaction.on_commit(
-            lambda: signals.customers_changed.send(
-                sender=Customer, customer_ids={obj.pk}, fields=fields if change else set(), created=not change
-            ),
-            robust=True,
-        )
 
 
 def _profile_changes(form, change: bool) -> dict:
@@ -209,27 +194,27 @@ class DeviceAdmin(BigTableAdmin):
     list_select_related = ("customer",)
     ordering = ("-id",)
 
+    def has_change_permission(self, request, obj=None) -> bool:
+        # A token is what the customer's device reported: register a new one or remove it.
+        return False
+
     def save_model(self, request, obj: Device, form, change: bool) -> None:
-        if change:
-            super().save_model(request, obj, form, change)
-            _audit_admin_change(request, obj, form, change, "device")
-            return
-        device = services.device_register(
+        device = profiles.device_register(
             customer=obj.customer, kind=obj.kind, token=obj.token, platform=obj.platform,
             source="admin", actor=_actor(request),
         )
         _adopt(obj, device)
 
     def delete_model(self, request, obj) -> None:
-        audit(actor=_actor(request), action="device.deleted", object_type="device", object_id=obj.pk,
-                       details={"customer": obj.customer_id})
-        super().delete_model(request, obj)
+        self.delete_queryset(request, Device.objects.filter(pk=obj.pk))
 
     def delete_queryset(self, request, queryset) -> None:
-        for device in queryset:
-            audit(actor=_actor(request), action="device.deleted", object_type="device",
-                           object_id=device.pk, details={"customer": device.customer_id})
-        super().delete_queryset(request, queryset)
+        devices = list(queryset.values_list("pk", "customer_id"))
+        profiles.devices_remove(device_ids=[pk for pk, _ in devices], reason="removed in admin", source="admin",
+                                actor=_actor(request))
+        for pk, customer_id in devices:
+            audit(actor=_actor(request), action="device.deleted", object_type="device", object_id=pk,
+                  details={"customer": customer_id})
 
 
 @admin.register(Topic)
@@ -282,7 +267,7 @@ class SubscriptionAdmin(BigTableAdmin):
         return False
 
     def save_model(self, request, obj: Subscription, form, change: bool) -> None:
-        services.subscription_set(
+        preferences.subscription_set(
             customer=obj.customer, topic=obj.topic, channel=obj.channel, subscribed=obj.subscribed,
             source="admin", actor=_actor(request), reason=form.cleaned_data.get("reason", ""),
         )
@@ -317,16 +302,12 @@ class ChannelStatusAdmin(BigTableAdmin):
         return False
 
     def save_model(self, request, obj: ChannelStatus, form, change: bool) -> None:
-        obj.updated_at = timezone.now()
-        super().save_model(request, obj, form, change)
-        _audit_admin_change(request, obj, form, change, "channel_status")
-        customer_id = obj.customer_id
-        transaction.on_commit(
-            lambda: signals.customers_changed.send(
-                sender=Customer, customer_ids={customer_id}, fields={"channel_status"}, created=False
-            ),
-            robust=True,
+        preferences.channel_status_set(
+            customer_ids={obj.customer_id}, channel=obj.channel, status=obj.status, reason=obj.reason,
+            source="admin", actor=_actor(request),
         )
+        _audit_admin_change(request, obj, form, change, "channel_status")
+        _adopt(obj, ChannelStatus.objects.get(customer_id=obj.customer_id, channel=obj.channel))
 
 
 # --- History: timeline, consent ledger, audit trail ------------------------------------------------
@@ -345,14 +326,49 @@ class EventAdmin(ReadOnlyAdmin):
     list_select_related = ("customer",)
 
 
+class ConsentForm(forms.ModelForm):
+    class Meta:
+        model = Consent
+        fields = ("customer", "channel", "granted", "legal_basis", "occurred_at", "wording", "form_url")
+        help_texts = {
+            "occurred_at": "When the customer gave or withdrew consent (for example on a call or on paper).",
+            "wording": "What the customer was told or agreed to.",
+        }
+
+    def clean_occurred_at(self):
+        value = self.cleaned_data.get("occurred_at")
+        if value is None:
+            return value
+        try:
+            return check_moment(value, ahead=CONSENT_AHEAD, what="the consent time")
+        except InvalidValue as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
 @admin.register(Consent)
 class ConsentAdmin(ReadOnlyAdmin):
+    """The ledger is append-only: an admin can record a new grant or revocation (with its
+    proof), which updates the current state like any other source; entries never change."""
+
+    form = ConsentForm
     list_display = ("occurred_at", "customer", "channel", "granted", "source", "legal_basis", "recorded_by")
     list_filter = ("channel", "granted", "legal_basis")
     date_hierarchy = "occurred_at"
     search_fields = ("customer__external_id__exact", "customer__id__exact", "source__exact")
     search_help_text = "Customer external id, customer id, or exact source."
     list_select_related = ("customer",)
+    autocomplete_fields = ("customer",)
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("customers.add_consent")
+
+    def save_model(self, request, obj: Consent, form, change: bool) -> None:
+        entry = preferences.consent_record(
+            customer=obj.customer, channel=obj.channel, granted=obj.granted, source="admin",
+            actor=_actor(request), legal_basis=obj.legal_basis, wording=obj.wording, form_url=obj.form_url,
+            occurred_at=obj.occurred_at,
+        )
+        _adopt(obj, entry)
 
 
 @admin.register(ConsentState)
@@ -432,7 +448,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             super().save_model(request, obj, form, change)
             _audit_admin_change(request, obj, form, change, "api_key")
             return
-        key, raw = services.api_key_create(name=form.cleaned_data["name"], created_by=request.user)
+        key, raw = api_keys.api_key_create(name=form.cleaned_data["name"], created_by=request.user)
         _adopt(obj, key)
         messages.success(request, f"Copy this key now, it will not be shown again: {raw}")
 
@@ -440,7 +456,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def revoke_selected(self, request, queryset) -> None:
         revoked = 0
         for key in queryset.filter(revoked_at__isnull=True):
-            services.api_key_revoke(key=key, actor=_actor(request))
+            api_keys.api_key_revoke(key=key, actor=_actor(request))
             revoked += 1
         if revoked:
             messages.success(request, f"Revoked {revoked} key{'s' if revoked != 1 else ''}; requests with "

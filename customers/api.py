@@ -6,7 +6,8 @@ from ninja import Field as NinjaField
 
 from core.errors import FieldError, InputError
 
-from . import queries, services
+from . import queries
+from .services import ingestion, preferences, profiles
 from .auth import api_actor
 from .models import ChannelKind, Customer, EventCategory, Topic
 from .schemas import (
@@ -38,15 +39,15 @@ def _customer(customer_id: int) -> Customer:
     return customer
 
 
-def _input(payload: CustomerIn) -> services.CustomerInput:
+def _input(payload: CustomerIn) -> profiles.CustomerInput:
     data = payload.model_dump(exclude_unset=True)
     data["subscriptions"] = [
         {"topic": sub.topic, "channel": str(sub.channel), "subscribed": sub.subscribed} for sub in payload.subscriptions
     ]
-    return services.CustomerInput(**data)
+    return profiles.CustomerInput(**data)
 
 
-def _upsert_out(result: services.UpsertResult) -> dict:
+def _upsert_out(result: profiles.UpsertResult) -> dict:
     return {**CustomerOut.from_orm(result.customer).dict(), "created": result.created}
 
 
@@ -57,7 +58,7 @@ def _upsert_out(result: services.UpsertResult) -> dict:
     description="Matched by `external_id`, else by `email`. Attributes are merged; 201 when created.",
 )
 def customer_upsert(request, payload: CustomerIn):
-    [result] = services.customers_upsert(items=[_input(payload)], source="api", actor=api_actor(request))
+    [result] = profiles.customers_upsert(items=[_input(payload)], source="api", actor=api_actor(request))
     return Status(201 if result.created else 200, _upsert_out(result))
 
 
@@ -72,7 +73,7 @@ class BatchUpsertOut(Schema):
     description="All or nothing: any invalid item rejects the whole batch with an error per item index.",
 )
 def customers_batch(request, payload: CustomerBatchIn):
-    results = services.customers_upsert(
+    results = profiles.customers_upsert(
         items=[_input(item) for item in payload.customers], source="api", actor=api_actor(request)
     )
     return {"customers": [_upsert_out(result) for result in results]}
@@ -142,8 +143,8 @@ def subscription_set(request, customer_id: int, payload: SubscriptionIn):
     customer = _customer(customer_id)
     topic = Topic.objects.filter(key=payload.topic).first()
     if topic is None:
-        raise InputError([FieldError("topic", services._unknown_topic_message(payload.topic))])
-    changed = services.subscription_set(
+        raise InputError([FieldError("topic", preferences.unknown_topic_message(payload.topic))])
+    changed = preferences.subscription_set(
         customer=customer, topic=topic, channel=payload.channel, subscribed=payload.subscribed,
         source=payload.source, actor=api_actor(request), reason=payload.reason,
     )
@@ -166,7 +167,7 @@ class ConsentOut(Schema):
 )
 def consent_record(request, customer_id: int, payload: ConsentIn):
     customer = _customer(customer_id)
-    entry = services.consent_record(
+    entry = preferences.consent_record(
         customer=customer, channel=payload.channel, granted=payload.granted, source=payload.source,
         actor=api_actor(request), legal_basis=payload.legal_basis, ip_address=payload.proof.ip_address,
         user_agent=payload.proof.user_agent, wording=payload.proof.wording, form_url=payload.proof.form_url,
@@ -185,7 +186,7 @@ def consent_record(request, customer_id: int, payload: ConsentIn):
 )
 def device_register(request, customer_id: int, payload: DeviceIn):
     customer = _customer(customer_id)
-    device = services.device_register(
+    device = profiles.device_register(
         customer=customer, kind=payload.kind, token=payload.token, platform=payload.platform,
         source="api", actor=api_actor(request),
     )
@@ -212,7 +213,7 @@ class EventBatchWithSource(EventBatchIn):
 )
 def events_ingest(request, payload: EventBatchWithSource):
     items = [
-        services.EventInput(
+        ingestion.EventInput(
             customer_id=event.customer.id,
             external_id=event.customer.external_id,
             email=event.customer.email,
@@ -223,5 +224,5 @@ def events_ingest(request, payload: EventBatchWithSource):
         )
         for event in payload.events
     ]
-    result = services.events_ingest(items=items, source=payload.source, actor=api_actor(request))
+    result = ingestion.events_ingest(items=items, source=payload.source, actor=api_actor(request))
     return {"accepted": result.accepted, "duplicates": result.duplicates, "customers_created": result.customers_created}

@@ -219,7 +219,7 @@ class Consent(models.Model):
 class ConsentState(models.Model):
     """Current consent per customer × channel, derived from the ledger (the latest entry).
 
-    Kept in step by ``customers.services.consent_record`` so that reachability checks read
+    Kept in step by ``customers.services.preferences.consent_record`` so that reachability checks read
     one row instead of scanning the ledger.
     """
 

@@ -1,15 +1,14 @@
-"""Signals the customers app sends after a transaction commits.
+"""The one signal every change to customers sends, after its transaction commits.
 
-Other apps (segments, journeys, campaigns) listen to them; the customers app never imports
-those apps, so dependencies keep pointing one way.
+``customers_changed`` is sent by ``customers.timeline`` once per transaction that wrote
+timeline rows or changed profiles, subscriptions, consent, channel status or devices,
+whichever app wrote them. kwargs: ``change`` (``customers.timeline.Change``: the customer
+ids, the event names written and for whom, the changed fields, the customers created).
+
+Other apps (segments, campaigns, dashboards, journeys) listen to it; the customers app never
+imports those apps, so dependencies keep pointing one way.
 """
 
 from django.dispatch import Signal
 
-# Sent after events were stored. kwargs: customer_ids (set[int]), names (set[str]).
-events_ingested = Signal()
-
-# Sent after profiles, subscriptions or consent changed. kwargs: customer_ids (set[int]),
-# fields (set[str]: profile field names, "attributes.<key>", "subscriptions", "consent",
-# "devices", "channel_status"), created (bool: the customers are new, so any rule may match).
 customers_changed = Signal()

@@ -16,7 +16,8 @@ from django.views.decorators.http import require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import push_url
 
-from . import queries, services
+from . import queries
+from .services import preferences, profiles
 from .forms import CustomerSearchForm, NoteForm, SubscriptionChangeForm, TimelineFilterForm
 from .models import ChannelKind, Event, EventCategory
 from .roles import MARKETER, SUPPORT, role_required
@@ -114,7 +115,7 @@ def subscription_change(request, customer_id: int):
         return _render_detail_with_error(request, customer, "preferences", {"failed": failed})
 
     data = form.cleaned_data
-    changed = services.subscription_set(
+    changed = preferences.subscription_set(
         customer=customer,
         topic=data["topic"],
         channel=data["channel"],
@@ -139,7 +140,7 @@ def note_add(request, customer_id: int):
     form = NoteForm(request.POST)
     if not form.is_valid():
         return _render_detail_with_error(request, customer, "note-form", {"note_form": form})
-    services.note_add(customer=customer, text=form.cleaned_data["text"], actor=request.user.get_username())
+    profiles.note_add(customer=customer, text=form.cleaned_data["text"], actor=request.user.get_username())
     messages.success(request, "Note added to the timeline.")
     return _after_write(request, customer, "note-form")
 

@@ -22,7 +22,7 @@ from django.dispatch import receiver
 from django.utils.crypto import salted_hmac
 
 from campaigns.signals import counters_changed
-from customers.signals import events_ingested
+from customers.signals import customers_changed
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +122,10 @@ def on_counters(sender, campaign_ids=(), journey_ids=(), **kwargs):
     publisher.publish({campaign_group(pk) for pk in campaign_ids} | {OVERVIEW})
 
 
-@receiver(events_ingested, dispatch_uid="dashboards.on_events")
-def on_events(sender, **kwargs):
+@receiver(customers_changed, dispatch_uid="dashboards.on_customers_changed")
+def on_customers_changed(sender, change, **kwargs):
+    # The overview shows events received and segment sizes; message events move campaign
+    # figures, which counters_changed publishes already.
     publisher.publish({OVERVIEW})
 
 

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from django.db import connection, transaction
 from django.utils import timezone
 
+from customers import timeline
 from customers.models import Customer, Topic
 from core.audit import audit
 from core.errors import FieldError, InputError
@@ -180,16 +181,19 @@ exited AS (
       AND m.customer_id NOT IN (SELECT id FROM target)
     RETURNING customer_id
 ),
-timeline AS (
-    INSERT INTO customers_event
-        (customer_id, name, category, channel, properties, occurred_at, received_at, source, idempotency_key, actor)
-    SELECT customer_id, 'segment.entered', 'segment', '', %(properties)s::jsonb, %(now)s, %(now)s, 'platform', NULL, ''
+{timeline}
+SELECT (SELECT count(*) FROM entered), (SELECT count(*) FROM exited), (SELECT count(*) FROM target), {summary}
+"""
+
+# The timeline rows of a membership change: one per customer who entered or exited.
+_MEMBERSHIP_EVENTS = """
+    SELECT customer_id, 'segment.entered' AS name, '' AS channel, %(properties)s::jsonb AS properties,
+           %(now)s::timestamptz AS occurred_at, %(now)s::timestamptz AS received_at, 'platform' AS source,
+           NULL AS idempotency_key, %(actor)s AS actor
     FROM entered
     UNION ALL
-    SELECT customer_id, 'segment.exited', 'segment', '', %(properties)s::jsonb, %(now)s, %(now)s, 'platform', NULL, ''
+    SELECT customer_id, 'segment.exited', '', %(properties)s::jsonb, %(now)s, %(now)s, 'platform', NULL, %(actor)s
     FROM exited
-)
-SELECT (SELECT count(*) FROM entered), (SELECT count(*) FROM exited), (SELECT count(*) FROM target)
 """
 
 
@@ -211,7 +215,10 @@ def segment_recompute(
         ids = sorted(customer_ids) if customer_ids is not None else None
         query, named = rule_language.compile_query(segment.compiled, now=now, customer_ids=ids)
         scope = "" if ids is None else "AND customer_id = ANY(%(ids)s::bigint[])"
-        statement = _APPLY.format(query=query, current_filter=scope, exit_filter=scope.replace("customer_id", "m.customer_id"))
+        statement = _APPLY.format(
+            query=query, current_filter=scope, exit_filter=scope.replace("customer_id", "m.customer_id"),
+            timeline=timeline.insert_cte(_MEMBERSHIP_EVENTS), summary=timeline.summary_sql(),
+        )
         with connection.cursor() as cursor:
             # Audience queries hash whole tables of ids; the 4 MB default makes PostgreSQL
             # fall back to far slower plans for large audiences.
@@ -224,9 +231,11 @@ def segment_recompute(
                     "now": now,
                     "ids": ids,
                     "properties": json.dumps({"segment_id": segment.pk, "segment": segment.name}),
+                    "actor": "",
                 },
             )
-            entered, exited, matched = cursor.fetchone()
+            entered, exited, matched, summary = cursor.fetchone()
+            timeline.written(summary)
         elapsed_ms = int((time.monotonic() - started) * 1000)
         update = {}
         if ids is None:
@@ -316,8 +325,10 @@ def segments_affected(*, event_names: set[str] = frozenset(), fields: set[str] =
 def segments_refresh_for(*, customer_ids: set[int], segment_ids: list[int]) -> None:
     """Incrementally re-evaluate ``segment_ids`` (in dependency order) for ``customer_ids``."""
     ids = sorted(customer_ids)
-    for pk in segment_ids:
-        segment_recompute(segment_id=pk, customer_ids=ids)
+    # One signal for the whole pass: segments that read ``segment.entered`` follow once.
+    with timeline.batched():
+        for pk in segment_ids:
+            segment_recompute(segment_id=pk, customer_ids=ids)
 
 
 FULL_RECOMPUTE_EVERY = timedelta(hours=24)
@@ -338,25 +349,27 @@ def segments_sweep(*, now: datetime | None = None) -> dict[int, MembershipChange
     stale = {pk for pk, s in segments.items() if s.computed_at is None or s.computed_at < now - FULL_RECOMPUTE_EVERY}
     candidates: dict[int, set[int] | None] = {}  # None: everyone
     changes: dict[int, MembershipChange | None] = {}
-    for pk in _in_dependency_order(timed | stale):
-        segment = segments[pk]
-        if pk in stale or (pk in timed and segment.swept_at is None):
-            ids = None
-        else:
-            ids = set()
+    # One signal for the whole sweep: segments that read ``segment.entered`` follow once.
+    with timeline.batched():
+        for pk in _in_dependency_order(timed | stale):
+            segment = segments[pk]
+            if pk in stale or (pk in timed and segment.swept_at is None):
+                ids = None
+            else:
+                ids = set()
+                if pk in timed:
+                    ids |= _window_crossings(segment, since=segment.swept_at, now=now)
+                for ref in segment.dependencies.get("segments", ()):
+                    if ref in candidates:
+                        if candidates[ref] is None:
+                            ids = None
+                            break
+                        ids |= candidates[ref]
+            candidates[pk] = ids
+            if ids is None or ids:
+                changes[pk] = segment_recompute(segment_id=pk, customer_ids=None if ids is None else sorted(ids), now=now)
             if pk in timed:
-                ids |= _window_crossings(segment, since=segment.swept_at, now=now)
-            for ref in segment.dependencies.get("segments", ()):
-                if ref in candidates:
-                    if candidates[ref] is None:
-                        ids = None
-                        break
-                    ids |= candidates[ref]
-        candidates[pk] = ids
-        if ids is None or ids:
-            changes[pk] = segment_recompute(segment_id=pk, customer_ids=None if ids is None else sorted(ids), now=now)
-        if pk in timed:
-            Segment.objects.filter(pk=pk).update(swept_at=now)
+                Segment.objects.filter(pk=pk).update(swept_at=now)
     segment_sizes_sample(now=now)
     return changes
 
@@ -430,37 +443,30 @@ def static_members_change(
     with transaction.atomic(), connection.cursor() as cursor:
         Segment.objects.select_for_update().filter(pk=segment.pk).first()
         if add:
-            cursor.execute(
-                """
-                WITH entered AS (
+            change = """
+                entered AS (
                     INSERT INTO segments_segmentmembership (segment_id, customer_id, entered_at)
                     SELECT %(segment)s, id, %(now)s FROM unnest(%(ids)s::bigint[]) AS id
                     ON CONFLICT (segment_id, customer_id) DO NOTHING RETURNING customer_id
-                ), timeline AS (
-                    INSERT INTO customers_event (customer_id, name, category, channel, properties, occurred_at,
-                                                 received_at, source, idempotency_key, actor)
-                    SELECT customer_id, 'segment.entered', 'segment', '', %(props)s::jsonb, %(now)s, %(now)s,
-                           'platform', NULL, %(actor)s FROM entered
-                ) SELECT count(*) FROM entered
-                """,
-                {"segment": segment.pk, "now": now, "ids": sorted(customer_ids), "props": properties, "actor": actor},
-            )
+                ),
+                exited AS (SELECT NULL::bigint AS customer_id WHERE false)"""
         else:
-            cursor.execute(
-                """
-                WITH exited AS (
+            change = """
+                exited AS (
                     DELETE FROM segments_segmentmembership
                     WHERE segment_id = %(segment)s AND customer_id = ANY(%(ids)s::bigint[]) RETURNING customer_id
-                ), timeline AS (
-                    INSERT INTO customers_event (customer_id, name, category, channel, properties, occurred_at,
-                                                 received_at, source, idempotency_key, actor)
-                    SELECT customer_id, 'segment.exited', 'segment', '', %(props)s::jsonb, %(now)s, %(now)s,
-                           'platform', NULL, %(actor)s FROM exited
-                ) SELECT count(*) FROM exited
-                """,
-                {"segment": segment.pk, "now": now, "ids": sorted(customer_ids), "props": properties, "actor": actor},
-            )
-        changed = cursor.fetchone()[0]
+                ),
+                entered AS (SELECT NULL::bigint AS customer_id WHERE false)"""
+        cursor.execute(
+            f"""
+            WITH {change},
+            {timeline.insert_cte(_MEMBERSHIP_EVENTS)}
+            SELECT (SELECT count(*) FROM entered) + (SELECT count(*) FROM exited), {timeline.summary_sql()}
+            """,
+            {"segment": segment.pk, "now": now, "ids": sorted(customer_ids), "properties": properties, "actor": actor},
+        )
+        changed, summary = cursor.fetchone()
+        timeline.written(summary)
         if changed:
             delta = changed if add else -changed
             size = SegmentMembership.objects.filter(segment=segment).count()

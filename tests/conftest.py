@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from customers import services
+from customers.services import api_keys
 from customers.roles import ADMIN, MARKETER, SUPPORT
 from tests.factories import CustomerFactory, TopicFactory, UserFactory
 
@@ -63,7 +63,7 @@ def customer(db):
 
 @pytest.fixture
 def api_key(db):
-    _, raw = services.api_key_create(name="tests")
+    _, raw = api_keys.api_key_create(name="tests")
     return raw
 
 

@@ -26,7 +26,7 @@ def audience(db, topics):
     for name, channels in {"ada": ["email", "sms"], "bob": ["email"], "cyd": ["sms"], "eve": ["email"], "fay": ["email"]}.items():
         for channel in channels:
             SubscriptionFactory(customer=people[name], topic=newsletter, channel=channel)
-    from customers.services import channel_status_set
+    from customers.services.preferences import channel_status_set
 
     channel_status_set(customer_ids={people["eve"].pk}, channel=ChannelKind.EMAIL, status="bounced",
                        reason="550 no such user", source="test")

@@ -11,7 +11,7 @@ from campaigns.models import Campaign, Counter, Delivery, SandboxMessage
 from campaigns.queries import campaign_summary, staged_results
 from customers.models import Event
 from core.errors import InputError
-from customers.services import EventInput, events_ingest
+from customers.services.ingestion import EventInput, events_ingest
 from segments.services import static_members_change
 from tests.campaigns.conftest import make_campaign
 from tests.conftest import WAIT_SECONDS

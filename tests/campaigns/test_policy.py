@@ -9,7 +9,7 @@ from django.utils import timezone
 from campaigns import dispatch, policy, services
 from campaigns.models import Delivery
 from customers.models import ChannelKind
-from customers.services import channel_status_set, consent_record, subscription_set
+from customers.services.preferences import channel_status_set, consent_record, subscription_set
 from tests.campaigns.conftest import make_campaign
 from tests.conftest import WAIT_SECONDS
 from tests.factories import CustomerFactory, DeviceFactory, SubscriptionFactory

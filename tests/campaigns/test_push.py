@@ -9,7 +9,7 @@ from django.utils import timezone
 from campaigns import dispatch, services
 from campaigns.models import Delivery
 from customers.models import Device
-from customers.services import device_register
+from customers.services.profiles import device_register
 from tests.campaigns.conftest import make_campaign
 from tests.conftest import WAIT_SECONDS
 from tests.factories import SubscriptionFactory

@@ -19,7 +19,7 @@ from campaigns import dispatch, render, services
 from campaigns.models import Campaign, Delivery, SandboxMessage
 from campaigns.queries import campaign_summary
 from customers.models import Consent, ConsentState, Event, Subscription
-from customers.services import channel_status_set
+from customers.services.preferences import channel_status_set
 from tests.campaigns.conftest import make_campaign
 from tests.conftest import WAIT_SECONDS
 from tests.factories import DeviceFactory

@@ -10,7 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from customers import services
+from customers.services import api_keys, preferences, profiles
 from customers.limits import email_request_allow
 from core.models import AuditEntry
 from customers.models import (
@@ -28,8 +28,10 @@ from customers.models import (
 from customers.roles import ADMIN
 from tests.factories import CustomerFactory
 
-EDITABLE = (Customer, Device, Topic, Subscription, ChannelStatus, ApiKey)
-READ_ONLY = (Event, Consent, ConsentState, AuditEntry, EmailRequest)
+EDITABLE = (Customer, Topic, Subscription, ChannelStatus, ApiKey)
+# Recorded anew, never edited: a device token as the device reported it, a consent entry.
+ADD_ONLY = (Device, Consent)
+READ_ONLY = (Event, ConsentState, AuditEntry, EmailRequest)
 
 
 @pytest.fixture(params=["superuser", "admin-role"])
@@ -45,18 +47,20 @@ def admin_user(request, db):
 
 def add_records(customer: Customer, topics: dict) -> None:
     """One row in every customers table, written the way the product writes them."""
-    services.subscription_set(
+    preferences.subscription_set(
         customer=customer, topic=topics["coupons"], channel="sms", subscribed=True, source="test", actor="test"
     )
-    services.consent_record(
+    preferences.consent_record(
         customer=customer, channel="sms", granted=True, source="signup_form", actor="test",
         ip_address="192.0.2.10", wording="Text me offers",
     )
-    services.device_register(
+    profiles.device_register(
         customer=customer, kind="fcm", token=f"token-of-{customer.pk}", platform="ios", source="test", actor="test"
     )
-    services.api_key_create(name=f"key for {customer.pk}")
-    ChannelStatus.objects.create(customer=customer, channel="email", status="bounced", reason="550 no such mailbox")
+    api_keys.api_key_create(name=f"key for {customer.pk}")
+    preferences.channel_status_set(
+        customer_ids={customer.pk}, channel="email", status="bounced", reason="550 no such mailbox", source="test"
+    )
     email_request_allow(purpose="password-reset", email=customer.email or "someone@example.com",
                         ip_address="192.0.2.10", per_address=3, window=timedelta(hours=1))
 
@@ -75,11 +79,11 @@ def test_every_customers_and_core_model_is_in_admin():
     models = (
         set(apps.get_app_config("customers").get_models()) | set(apps.get_app_config("core").get_models())
     ) - {apps.get_model("customers", "IngestCounter")}
-    assert models == set(EDITABLE + READ_ONLY)
+    assert models == set(EDITABLE + ADD_ONLY + READ_ONLY)
     assert all(admin.site.is_registered(model) for model in models)
 
 
-@pytest.mark.parametrize("model", EDITABLE + READ_ONLY, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("model", EDITABLE + ADD_ONLY + READ_ONLY, ids=lambda m: m.__name__)
 def test_changelist_and_change_page_render(admin_client, records, model):
     obj = model.objects.order_by("-pk").first()
     change_url = admin_url(model, "change", obj.pk)
@@ -94,7 +98,7 @@ def test_changelist_and_change_page_render(admin_client, records, model):
     assert ('name="_save"' in change.text) is (model in EDITABLE)
 
 
-@pytest.mark.parametrize("model", EDITABLE + READ_ONLY, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("model", EDITABLE + ADD_ONLY + READ_ONLY, ids=lambda m: m.__name__)
 def test_changelist_queries_do_not_grow_with_rows(admin_client, records, topics, model):
     url = admin_url(model, "changelist")
     admin_client.get(url)
@@ -118,6 +122,55 @@ def test_history_cannot_be_added_changed_or_deleted(admin_client, records, model
     assert admin_client.post(admin_url(model, "delete", obj.pk), {"post": "yes"}).status_code == 403
     assert admin_client.post(admin_url(model, "change", obj.pk), {}).status_code == 403
     assert model.objects.count() == count
+
+
+@pytest.mark.parametrize("model", ADD_ONLY, ids=lambda m: m.__name__)
+def test_recorded_entries_cannot_be_changed(admin_client, records, model):
+    obj = model.objects.first()
+    before = list(model.objects.values())
+
+    assert admin_client.get(admin_url(model, "add")).status_code == 200
+    assert admin_client.post(admin_url(model, "change", obj.pk), {}).status_code == 403
+    assert list(model.objects.values()) == before
+
+
+def test_consent_recorded_in_admin_is_on_the_ledger_and_the_timeline(admin_client, customer):
+    response = admin_client.post(admin_url(Consent, "add"), {
+        "customer": customer.pk, "channel": "sms", "granted": "", "legal_basis": "consent",
+        "occurred_at_0": "2026-11-30", "occurred_at_1": "09:30:00", "wording": "Asked on the phone to stop texts",
+        "_save": "Save",
+    })
+
+    assert response.status_code == 302
+    entry = Consent.objects.get(customer=customer)
+    assert (entry.granted, entry.source, entry.recorded_by) == (False, "admin", "admin:" + response.wsgi_request.user.get_username())
+    assert ConsentState.objects.get(customer=customer, channel="sms").granted is False
+    revoked = Event.objects.get(customer=customer, name="consent.revoked")
+    assert revoked.properties["wording"] == "Asked on the phone to stop texts"
+
+
+def test_consent_time_far_in_the_future_is_refused_inline(admin_client, customer):
+    response = admin_client.post(admin_url(Consent, "add"), {
+        "customer": customer.pk, "channel": "sms", "granted": "on", "legal_basis": "consent",
+        "occurred_at_0": "2099-01-01", "occurred_at_1": "00:00:00", "_save": "Save",
+    })
+
+    assert response.status_code == 200
+    assert "consent time" in response.text
+    assert not Consent.objects.exists()
+
+
+def test_device_removed_in_admin_is_on_the_timeline(admin_client, records, customer):
+    device = Device.objects.get(customer=customer)
+
+    response = admin_client.post(admin_url(Device, "delete", device.pk), {"post": "yes"})
+
+    assert response.status_code == 302
+    assert not Device.objects.filter(pk=device.pk).exists()
+    removed = Event.objects.get(customer=customer, name="device.removed")
+    assert removed.properties["device_id"] == device.pk
+    assert removed.actor.startswith("admin:")
+    assert AuditEntry.objects.filter(action="device.deleted", object_id=str(device.pk)).exists()
 
 
 def test_event_add_is_refused(admin_client, customer):
@@ -158,8 +211,8 @@ def test_api_key_add_shows_the_raw_key_once_and_stores_only_its_hash(admin_clien
 
 
 def test_revoke_selected_keys(admin_client):
-    active, raw = services.api_key_create(name="web-tracking")
-    kept, _ = services.api_key_create(name="crm-sync")
+    active, raw = api_keys.api_key_create(name="web-tracking")
+    kept, _ = api_keys.api_key_create(name="crm-sync")
 
     response = admin_client.post(
         admin_url(ApiKey, "changelist"),
@@ -225,7 +278,7 @@ def test_customer_edit_normalises_and_leaves_a_trace(admin_client, customer):
 
 
 def test_unsubscribing_in_admin_is_on_the_customer_timeline(admin_client, customer, topics):
-    services.subscription_set(
+    preferences.subscription_set(
         customer=customer, topic=topics["newsletter"], channel="email", subscribed=True, source="test", actor="test"
     )
     subscription = Subscription.objects.get(customer=customer)

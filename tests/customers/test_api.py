@@ -6,7 +6,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from customers.models import ApiKey, Consent, ConsentState, Customer, Event, Subscription
-from customers.services import api_key_revoke
+from customers.services.api_keys import api_key_revoke
 from tests.factories import CustomerFactory, EventFactory
 
 pytestmark = pytest.mark.django_db

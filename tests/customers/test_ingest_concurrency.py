@@ -9,7 +9,7 @@ from django.db import connection
 from django.utils import timezone
 
 from customers.models import Customer, Event
-from customers.services import EventInput, events_ingest
+from customers.services.ingestion import EventInput, events_ingest
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -5,7 +5,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from customers import services
+from customers.services import preferences, profiles
 from core.models import AuditEntry
 from customers.models import Event, EventCategory, Subscription
 from tests.conftest import PASSWORD
@@ -117,7 +117,7 @@ def test_navigation_shows_customers_and_admin_only_to_staff(client, support, adm
 
 
 def test_home_counts_customers_and_events_ingested(client, support, customer, topics, django_assert_num_queries):
-    from customers.services import EventInput, events_ingest
+    from customers.services.ingestion import EventInput, events_ingest
 
     CustomerFactory.create_batch(2)
     events_ingest(items=[
@@ -194,7 +194,7 @@ def test_filters_by_lifecycle_stage_and_reachable_channel(client, support, peopl
     by_email = client.get(reverse("customers:list"), {"reachable": "email"})
     assert listed(by_email) == {str(people["ada"].pk), str(people["grace"].pk)}
 
-    services.consent_record(customer=people["grace"], channel="sms", granted=False, source="test", actor="t")
+    preferences.consent_record(customer=people["grace"], channel="sms", granted=False, source="test", actor="t")
     by_sms = client.get(reverse("customers:list"), {"reachable": "sms", "stage": "lead"})
     assert listed(by_sms) == {str(people["alan"].pk)}
 
@@ -244,14 +244,14 @@ def profile(customer, topics):
     customer.save()
     SubscriptionFactory(customer=customer, topic=topics["newsletter"], channel="email", subscribed=True)
     SubscriptionFactory(customer=customer, topic=topics["coupons"], channel="sms", subscribed=False)
-    services.consent_record(
+    preferences.consent_record(
         customer=customer, channel="email", granted=True, source="signup-form", actor="", legal_basis="consent",
         ip_address="203.0.113.7", wording="Send me the newsletter", form_url="https://shop.example/signup",
     )
-    services.consent_record(customer=customer, channel="sms", granted=False, source="sms-stop", actor="")
-    services.device_register(customer=customer, kind="fcm", token="fcm-token-123", platform="android",
+    preferences.consent_record(customer=customer, channel="sms", granted=False, source="sms-stop", actor="")
+    profiles.device_register(customer=customer, kind="fcm", token="fcm-token-123", platform="android",
                              source="api", actor="")
-    services.note_add(customer=customer, text="Called about a refund", actor="support")
+    profiles.note_add(customer=customer, text="Called about a refund", actor="support")
     return customer
 
 
@@ -294,8 +294,8 @@ def test_the_customer_page_runs_a_fixed_number_of_queries(client, support, profi
 
 
 def test_timeline_entries_show_changes_compactly(client, support, customer):
-    services.customers_upsert(
-        items=[services.CustomerInput(external_id="crm-ada", email="ada.l@example.com", lifecycle_stage="expert")],
+    profiles.customers_upsert(
+        items=[profiles.CustomerInput(external_id="crm-ada", email="ada.l@example.com", lifecycle_stage="expert")],
         source="crm", actor="",
     )
     client.force_login(support)

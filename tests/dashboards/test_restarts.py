@@ -40,12 +40,12 @@ from django.core.management import call_command
 call_command("migrate", "--noinput", verbosity=0)
 
 from django.contrib.auth.models import Group, User
-from customers import services
+from customers.services import api_keys
 from customers.roles import MARKETER
 
 user = User.objects.create_user("marketer", password={PASSWORD!r})
 user.groups.add(Group.objects.get(name=MARKETER))
-print(services.api_key_create(name="restart test")[1])
+print(api_keys.api_key_create(name="restart test")[1])
 """
 
 

@@ -5,9 +5,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from customers import services as customer_services
+from customers.services import preferences, profiles
 from customers.models import Customer, Event, Topic
-from customers.services import EventInput, events_ingest
+from customers.services.ingestion import EventInput, events_ingest
 from segments import services
 from segments.models import Segment, SegmentMembership, SegmentSize
 from tests.factories import CustomerFactory, EventFactory
@@ -127,13 +127,13 @@ def test_profile_subscription_and_consent_changes_apply_in_real_time():
         name="SMS coupons", rules={"all": [{"subscribed": {"topic": "coupons", "channel": "sms"}}, {"reachable": "sms"}]},
         actor="t",
     )
-    customer_services.customers_upsert(
-        items=[customer_services.CustomerInput(external_id="c", lifecycle_stage="expert")], source="api", actor="t"
+    profiles.customers_upsert(
+        items=[profiles.CustomerInput(external_id="c", lifecycle_stage="expert")], source="api", actor="t"
     )
     assert members(experts) == {"c"}
-    customer_services.subscription_set(customer=customer, topic=topic, channel="sms", subscribed=True, source="t", actor="t")
+    preferences.subscription_set(customer=customer, topic=topic, channel="sms", subscribed=True, source="t", actor="t")
     assert members(sms_coupons) == {"c"}
-    customer_services.consent_record(customer=customer, channel="sms", granted=False, source="ivr", actor="t")
+    preferences.consent_record(customer=customer, channel="sms", granted=False, source="ivr", actor="t")
     assert members(sms_coupons) == set()
 
 
@@ -142,8 +142,8 @@ def test_segments_of_segments_follow_in_order():
     experts = services.segment_create(name="Experts", rules={"attr": "lifecycle_stage", "op": "eq", "value": "expert"}, actor="t")
     not_experts = services.segment_create(name="Not experts", rules={"not": {"segment": experts.pk}}, actor="t")
     assert members(not_experts) == {"c"}
-    customer_services.customers_upsert(
-        items=[customer_services.CustomerInput(external_id="c", lifecycle_stage="expert")], source="api", actor="t"
+    profiles.customers_upsert(
+        items=[profiles.CustomerInput(external_id="c", lifecycle_stage="expert")], source="api", actor="t"
     )
     assert members(experts) == {"c"} and members(not_experts) == set()
 

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from customers.services import api_key_create
+from customers.services.api_keys import api_key_create
 
 
 class Command(BaseCommand):

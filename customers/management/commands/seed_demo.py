@@ -25,7 +25,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
 from django.utils import timezone
 
-from customers import services, signals
+from customers import timeline
 from customers.models import (
     ApiKey,
     Consent,
@@ -35,9 +35,9 @@ from customers.models import (
     Event,
     Subscription,
     Topic,
-    category_for,
 )
 from customers.roles import ADMIN, MARKETER, SUPPORT
+from customers.services.api_keys import api_key_create
 from customers.validation import InvalidValue, normalize_phone
 
 DEMO_PASSWORD = "switchboard-demo"
@@ -244,15 +244,10 @@ class Command(BaseCommand):
             counts = Generator(random.Random(seed), timezone.now()).write(customers)
             # As the services do for new customers: whatever keeps segments true hears of them.
             created_ids = set(counts.pop("ids"))
-            transaction.on_commit(
-                lambda: signals.customers_changed.send(
-                    sender=Customer, customer_ids=created_ids, fields=set(), created=True
-                ),
-                robust=True,
-            )
+            timeline.changed(customer_ids=created_ids, created=created_ids)
             raw_key = None
             if not ApiKey.objects.filter(name=DEMO_API_KEY_NAME).exists():
-                _, raw_key = services.api_key_create(name=DEMO_API_KEY_NAME, created_by=users.get("admin"))
+                _, raw_key = api_key_create(name=DEMO_API_KEY_NAME, created_by=users.get("admin"))
         elapsed = time.monotonic() - started
         self.stdout.write(
             f"Loaded demo data in {elapsed:.1f} s: {counts['customers']:,} customers "
@@ -317,7 +312,7 @@ class Generator:
             _copy(cursor, Consent, consents)
             self._sessions(people)
             self._campaigns(people)
-            _copy(cursor, Event, self.events)
+            timeline.copy_rows(cursor, self.events)
 
             # Current consent is the latest ledger entry per customer and channel.
             cursor.execute(
@@ -387,7 +382,7 @@ class Generator:
     def _event(self, person: Person, name: str, properties: dict, at: datetime, source: str, channel: str = ""):
         received = at + timedelta(milliseconds=self.rng.randint(50, 3000))
         self.events.append((
-            person.id, name, category_for(name), channel, _json(properties), at, received, source, None, "",
+            person.id, name, channel, _json(properties), at, received, source, None, "",
         ))
 
     # --- rows --------------------------------------------------------------------------------
@@ -611,8 +606,6 @@ COLUMNS = {
     Subscription: ("customer_id", "topic_id", "channel", "subscribed", "source", "updated_at"),
     Consent: ("customer_id", "channel", "granted", "occurred_at", "source", "legal_basis", "ip_address",
               "user_agent", "wording", "form_url", "recorded_by"),
-    Event: ("customer_id", "name", "category", "channel", "properties", "occurred_at", "received_at", "source",
-            "idempotency_key", "actor"),
 }
 
 
