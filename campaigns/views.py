@@ -23,6 +23,7 @@ from django.views.decorators.vary import vary_on_headers
 from customers.models import ChannelKind
 from customers.roles import MARKETER, role_required
 from core.errors import InputError
+from core.htmx import wants_partial
 
 from . import outbox, queries, render as message_render, services
 from .forms import CONTENT_INPUTS, PERSONALISATION, CampaignForm, OutboxFilterForm, initial_from, preview_content
@@ -56,11 +57,6 @@ DELIVERY_TONE = {
     "opened": "ok", "clicked": "ok", "converted": "ok", "suppressed": "muted", "cancelled": "muted",
     "failed": "bad", "bounced": "bad", "complained": "bad", "unsubscribed": "bad",
 }
-
-
-def _wants_partial(request) -> bool:
-    # A history-restore request comes from htmx but needs the whole page back.
-    return bool(request.htmx) and not request.htmx.history_restore_request
 
 
 def _actor(request) -> str:
@@ -449,7 +445,7 @@ def _results_context(campaign: Campaign) -> dict:
 def campaign_detail(request, campaign_id: int):
     campaign = queries.campaign_for(request.user, campaign_id)
     after = _int(request.GET.get("after"))
-    if _wants_partial(request) and request.GET.get("part") == "deliveries":
+    if wants_partial(request) and request.GET.get("part") == "deliveries":
         return render(request, f"{DETAIL_TEMPLATE}#deliveries", _deliveries_context(campaign, after))
     context = {
         "campaign": campaign,
@@ -524,7 +520,7 @@ def outbox_list(request):
     )
     context = {"rows": rows, "next_before": next_before, "filters": filters, "campaign": campaign,
                "channels": ChannelKind.choices, "channel_labels": CHANNEL_LABELS}
-    if _wants_partial(request):
+    if wants_partial(request):
         return render(request, f"{OUTBOX_TEMPLATE}#messages", context)
     return render(request, OUTBOX_TEMPLATE, context)
 
@@ -554,7 +550,7 @@ def outbox_message_frame(request, message_id: int):
 def outbox_message(request, message_id: int):
     message = queries.sandbox_message_for(request.user, message_id)
     context = {"message": message, "channel_labels": CHANNEL_LABELS}
-    if _wants_partial(request):
+    if wants_partial(request):
         return render(request, f"{OUTBOX_TEMPLATE}#message", context)
     filters = {"channel": "", "campaign_id": None, "before": None}
     rows, next_before = queries.sandbox_messages_page(

@@ -8,13 +8,14 @@ from urllib.parse import urlencode, urlsplit
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import HttpResponse, HttpResponseBadRequest, QueryDict
+from django.http import HttpResponseBadRequest, QueryDict
 from django.shortcuts import redirect, render
-from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import push_url
+
+from core.htmx import render_partials, wants_partial
 
 from . import queries
 from .services import preferences, profiles
@@ -27,11 +28,6 @@ TIMELINE_PAGE_SIZE = 50
 CONSENT_LEDGER_SIZE = 10
 
 DETAIL_TEMPLATE = "customers/detail.html"
-
-
-def _wants_partial(request) -> bool:
-    # A history-restore request comes from htmx but needs the whole page back.
-    return bool(request.htmx) and not request.htmx.history_restore_request
 
 
 # --- Customer list ----------------------------------------------------------------------------
@@ -49,7 +45,7 @@ def customer_list(request):
         "page_range": page.paginator.get_elided_page_range(page.number, on_each_side=2, on_ends=1),
         "channels": ChannelKind.choices,
     }
-    if _wants_partial(request):
+    if wants_partial(request):
         return render(request, "customers/list.html#results", context)
     context["stages"] = queries.lifecycle_stages()
     return render(request, "customers/list.html", context)
@@ -82,7 +78,7 @@ def customer_timeline(request, customer_id: int):
     form = TimelineFilterForm(request.GET)
     filters = form.filters()
     detail_url = reverse("customers:detail", args=[customer.pk])
-    if not _wants_partial(request):
+    if not wants_partial(request):
         query = urlencode({key: value for key, value in request.GET.items() if key in form.fields and value})
         return redirect(f"{detail_url}?{query}" if query else detail_url)
     cursor = request.GET.get("cursor") or None
@@ -149,13 +145,13 @@ def _after_write(request, customer, partial: str):
     """After a change: htmx gets the changed card, the refreshed timeline and the notice;
     a plain form post is redirected back to the page."""
     detail_url = reverse("customers:detail", args=[customer.pk])
-    if not _wants_partial(request):
+    if not wants_partial(request):
         return redirect(detail_url)
     customer = queries.customer_profile_for_user(user=request.user, customer_id=customer.pk)
     filters = _page_timeline_filters(request)
     page = queries.timeline_page(customer.pk, limit=TIMELINE_PAGE_SIZE, **filters)
     context = _detail_context(customer, filters=filters, page=page)
-    return _render_partials(
+    return render_partials(
         request, [f"{DETAIL_TEMPLATE}#{partial}", f"{DETAIL_TEMPLATE}#timeline", "base.html#flash"], context
     )
 
@@ -166,8 +162,8 @@ def _render_detail_with_error(request, customer, partial: str, extra: dict):
     filters = _page_timeline_filters(request)
     page = queries.timeline_page(customer.pk, limit=TIMELINE_PAGE_SIZE, **filters)
     context = {**_detail_context(customer, filters=filters, page=page), **extra}
-    if _wants_partial(request):
-        return _render_partials(request, [f"{DETAIL_TEMPLATE}#{partial}"], context, status=422)
+    if wants_partial(request):
+        return render_partials(request, [f"{DETAIL_TEMPLATE}#{partial}"], context, status=422)
     return render(request, DETAIL_TEMPLATE, context, status=422)
 
 
@@ -180,14 +176,6 @@ def _page_timeline_filters(request) -> dict[str, str]:
     current = request.htmx.current_url_abs_path if request.htmx else None
     query = urlsplit(current).query if current else ""
     return TimelineFilterForm(QueryDict(query)).filters()
-
-
-def _render_partials(request, names: list[str], context: dict, status: int = 200) -> HttpResponse:
-    # Everything after the first partial is swapped out-of-band, by element id.
-    html = "".join(
-        render_to_string(name, {**context, "oob": index > 0}, request=request) for index, name in enumerate(names)
-    )
-    return HttpResponse(html, status=status)
 
 
 def _detail_context(customer, *, filters: dict, page: queries.TimelinePage) -> dict:

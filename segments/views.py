@@ -9,9 +9,7 @@ from urllib.parse import urlencode
 
 import plotly.graph_objects as go
 from django.contrib import messages
-from django.http import HttpResponse
 from django.shortcuts import redirect, render
-from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
@@ -21,6 +19,7 @@ from customers import queries as customer_queries
 from customers.models import ChannelKind
 from customers.roles import MARKETER, SUPPORT, role_required
 from core.errors import InputError
+from core.htmx import render_partials, wants_partial
 
 from . import queries, services
 from . import rules as rule_language
@@ -36,11 +35,6 @@ CUSTOMER_TEMPLATE = "segments/customer_segments.html"
 MEMBERS_PER_PAGE = 25
 RECENT_CHANGES = 15
 CHART_DAYS = 30
-
-
-def _wants_partial(request) -> bool:
-    # A history-restore request comes from htmx but needs the whole page back.
-    return bool(request.htmx) and not request.htmx.history_restore_request
 
 
 def _actor(request) -> str:
@@ -396,7 +390,7 @@ def segment_members(request, segment_id: int):
     """Members for htmx: the next page after ``cursor``, or the first page of a search."""
     segment = queries.segment_get_for_user(user=request.user, segment_id=segment_id)
     search = request.GET.get("q", "").strip()[:200]
-    if not _wants_partial(request):
+    if not wants_partial(request):
         detail = reverse("segments:detail", args=[segment.pk])
         return redirect(f"{detail}?{urlencode({'q': search})}" if search else detail)
     try:
@@ -433,10 +427,10 @@ def members_add(request, segment_id: int):
             form = MembersImportForm()
     status = 200 if result is not None else 422
     segment = queries.segment_get_for_user(user=request.user, segment_id=segment.pk)
-    if _wants_partial(request):
+    if wants_partial(request):
         context = {**_members_context(segment), **_after_members_change(segment), "import_form": form, "import_result": result}
         partials = ["import", "members", "stats", "recent-changes"] if result else ["import"]
-        return _render_partials(request, [f"{DETAIL_TEMPLATE}#{name}" for name in partials], context, status=status)
+        return render_partials(request, [f"{DETAIL_TEMPLATE}#{name}" for name in partials], context, status=status)
     return render(
         request, DETAIL_TEMPLATE, _detail_context(request, segment, import_form=form, import_result=result), status=status
     )
@@ -456,12 +450,12 @@ def members_remove(request, segment_id: int):
             messages.success(request, f"{customer.display_name} removed from “{segment.name}”.")
         else:
             messages.info(request, f"{customer.display_name} was not a member of “{segment.name}”.")
-    if not _wants_partial(request):
+    if not wants_partial(request):
         return redirect("segments:detail", segment.pk)
     segment = queries.segment_get_for_user(user=request.user, segment_id=segment.pk)
     search = request.POST.get("q", "").strip()[:200]
     context = {**_members_context(segment, search=search), **_after_members_change(segment)}
-    return _render_partials(
+    return render_partials(
         request,
         [f"{DETAIL_TEMPLATE}#members", f"{DETAIL_TEMPLATE}#stats", f"{DETAIL_TEMPLATE}#recent-changes", "base.html#flash"],
         context,
@@ -475,14 +469,6 @@ def _int(value) -> int:
         return 0
 
 
-def _render_partials(request, names: list[str], context: dict, status: int = 200) -> HttpResponse:
-    # Everything after the first partial is swapped out-of-band, by element id.
-    html = "".join(
-        render_to_string(name, {**context, "oob": index > 0}, request=request) for index, name in enumerate(names)
-    )
-    return HttpResponse(html, status=status)
-
-
 # --- Why ----------------------------------------------------------------------------------------
 
 
@@ -494,7 +480,7 @@ def segment_why(request, segment_id: int, customer_id: int):
     customer = customer_queries.customer_get_for_user(user=request.user, customer_id=customer_id)
     context = {"segment": segment, "lookup_form": CustomerLookupForm(initial={"customer": customer.pk}),
                **_explanation(segment, customer)}
-    if _wants_partial(request):
+    if wants_partial(request):
         return render(request, f"{WHY_TEMPLATE}#explanation", context)
     return render(request, WHY_TEMPLATE, context)
 
@@ -507,10 +493,10 @@ def segment_check(request, segment_id: int):
     form = CustomerLookupForm(request.GET)
     if not form.is_valid():
         context = {"segment": segment, "lookup_form": form, "lookup_failed": True}
-        template = f"{WHY_TEMPLATE}#explanation" if _wants_partial(request) else WHY_TEMPLATE
+        template = f"{WHY_TEMPLATE}#explanation" if wants_partial(request) else WHY_TEMPLATE
         return render(request, template, context, status=422)
     customer = form.cleaned_data["customer"]
-    if not _wants_partial(request):
+    if not wants_partial(request):
         return redirect("segments:why", segment.pk, customer.pk)
     context = {"segment": segment, "lookup_form": form, **_explanation(segment, customer)}
     return render(request, f"{WHY_TEMPLATE}#explanation", context)
@@ -565,7 +551,7 @@ def _shown_value(rule: dict, value) -> str:
 def customer_segments(request, customer_id: int):
     """The customer's segments and segment history, loaded into the customer page by htmx."""
     customer = customer_queries.customer_get_for_user(user=request.user, customer_id=customer_id)
-    if not _wants_partial(request):
+    if not wants_partial(request):
         return redirect(f"{reverse('customers:detail', args=[customer.pk])}#customer-segments")
     context = {
         "customer": customer,
