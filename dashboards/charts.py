@@ -1,41 +1,31 @@
 """Plotly figures for the dashboards, built with the plotly package.
 
-Pages embed the figure JSON; live updates send the same JSON and the browser applies it
-with ``Plotly.react`` on the existing chart element (htmx never swaps a chart).
+Pages embed the figure JSON (``core.charts.as_script_json``); live updates send the same
+JSON and the browser applies it with ``Plotly.react`` on the existing chart element (htmx
+never swaps a chart). The look comes from ``core.charts``.
 """
 
 from __future__ import annotations
 
-import json
-
 import plotly.graph_objects as go
 
+from core.charts import PRIMARY, figure_dict, layout
 from customers.models import ChannelKind
 
-FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12, "color": "#4a5566"}
-METRIC_COLORS = {"opened": "#4338ca", "clicked": "#0e9f6e", "converted": "#d97706", "sent": "#94a3b8"}
+METRIC_COLORS = {"opened": PRIMARY, "clicked": "#0e9f6e", "converted": "#d97706", "sent": "#94a3b8"}
 CHANNEL_DASH = {"email": "solid", "sms": "dot", "whatsapp": "dash", "push": "dashdot", "voice": "longdash"}
 METRIC_LABELS = {"opened": "Opens", "clicked": "Clicks", "converted": "Conversions", "sent": "Sent"}
 
 
-def _layout(height: int, **extra) -> dict:
-    layout = dict(
-        template="none", height=height, margin={"l": 48, "r": 16, "t": 36, "b": 36},
-        paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)", font=FONT,
-        xaxis={"showgrid": False, "linecolor": "#cfd4dc", "ticks": "outside", "tickcolor": "#cfd4dc",
-               "tickformat": "%H:%M"},
-        yaxis={"gridcolor": "#eef0f3", "tickformat": ",", "zeroline": False,
-               "rangemode": "nonnegative"},
-        hoverlabel={"bgcolor": "#141a2a", "bordercolor": "#141a2a", "font": {"color": "#fff"}},
+def _layout(height: int, *, margin: dict | None = None, **extra) -> dict:
+    """The dashboards' time charts: minutes along the bottom, a legend on top."""
+    return layout(
+        height=height, margin=margin or {"l": 48, "r": 16, "t": 36, "b": 36},
+        xaxis={"tickformat": "%H:%M"}, yaxis={"rangemode": "nonnegative"},
         legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
         uirevision="keep",  # live updates keep the user's zoom and hidden traces
+        **extra,
     )
-    layout.update(extra)
-    return layout
-
-
-def figure_dict(figure: go.Figure) -> dict:
-    return json.loads(figure.to_json())
 
 
 def _whole_numbers(figure: go.Figure, peak: int) -> None:
@@ -69,13 +59,9 @@ def campaign_series(dashboard) -> dict:
 
 def ingest_series(xs, ys) -> dict:
     figure = go.Figure(go.Bar(
-        x=xs, y=ys, marker={"color": "#4338ca"}, hovertemplate="%{y:,} events at %{x|%H:%M}<extra></extra>",
+        x=xs, y=ys, marker={"color": PRIMARY}, hovertemplate="%{y:,} events at %{x|%H:%M}<extra></extra>",
     ))
     figure.update_layout(**_layout(200, showlegend=False, bargap=0.15, margin={"l": 48, "r": 16, "t": 8, "b": 36}))
     _whole_numbers(figure, max(ys, default=0))
     return figure_dict(figure)
 
-
-def as_script_json(figure: dict) -> str:
-    """Figure JSON safe inside <script type="application/json">."""
-    return json.dumps(figure).replace("<", "\\u003c")

@@ -7,15 +7,16 @@ updates cannot drift apart.
 from django.shortcuts import render
 
 from campaigns.queries import campaign_for
+from core.charts import as_script_json
 from customers.roles import MARKETER, SUPPORT, role_required
 
-from . import charts, live
+from . import live
 
 
 @role_required(SUPPORT, MARKETER)
 def home(request):
     context = live.overview_context()
-    context["ingest_chart_json"] = charts.as_script_json(context["ingest_chart"])
+    context["ingest_chart_json"] = as_script_json(context["ingest_chart"])
     return render(request, "dashboards/home.html", context)
 
 
@@ -23,5 +24,5 @@ def home(request):
 def campaign(request, campaign_id: int):
     campaign = campaign_for(request.user, campaign_id)
     context = live.campaign_context(campaign)
-    context["series_chart_json"] = charts.as_script_json(context["series_chart"])
+    context["series_chart_json"] = as_script_json(context["series_chart"])
     return render(request, "dashboards/campaign.html", context)

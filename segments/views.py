@@ -18,6 +18,7 @@ from django.views.decorators.vary import vary_on_headers
 from customers import queries as customer_queries
 from customers.models import ChannelKind
 from customers.roles import MARKETER, SUPPORT, role_required
+from core import charts
 from core.errors import InputError
 from core.htmx import render_partials, wants_partial
 
@@ -342,27 +343,22 @@ def _size_chart(segment: Segment, sizes, *, now) -> str:
     figure = go.Figure(
         go.Scatter(
             x=xs, y=ys, mode="lines+markers" if len(xs) <= 40 else "lines",
-            line={"color": "#4338ca", "width": 2, "shape": "hv"},
-            marker={"size": 6, "color": "#4338ca"},
+            line={"color": charts.PRIMARY, "width": 2, "shape": "hv"},
+            marker={"size": 6, "color": charts.PRIMARY},
             fill="tozeroy", fillcolor="rgba(67, 56, 202, 0.08)",
             hovertemplate="%{y:,} members<br>%{x|%b %-d, %H:%M}<extra></extra>",
         )
     )
     # At least a day wide, so a new segment's first point does not sit on an axis of seconds.
     start = min(max(xs[0], now - timedelta(days=CHART_DAYS)), now - timedelta(days=1))
-    figure.update_layout(
-        template="none", height=250, margin={"l": 56, "r": 16, "t": 12, "b": 48},
-        paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)", showlegend=False,
-        font={"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12, "color": "#4a5566"},
-        xaxis={"showgrid": False, "linecolor": "#cfd4dc", "ticks": "outside", "tickcolor": "#cfd4dc",
-               "range": [start, now + (now - start) * 0.02]},
-        yaxis={"gridcolor": "#eef0f3", "rangemode": "tozero", "tickformat": ",", "zeroline": False,
+    figure.update_layout(**charts.layout(
+        height=250, margin={"l": 56, "r": 16, "t": 12, "b": 48}, showlegend=False,
+        xaxis={"range": [start, now + (now - start) * 0.02]},
+        yaxis={"rangemode": "tozero",
                # Whole people: small audiences get a tick per member, not 0.5 steps.
                **({"dtick": 1, "range": [0, max(ys) + 1]} if max(ys) < 8 else {})},
-        hoverlabel={"bgcolor": "#141a2a", "bordercolor": "#141a2a", "font": {"color": "#fff"}},
-    )
-    # Safe inside <script type="application/json">.
-    return figure.to_json().replace("<", "\\u003c")
+    ))
+    return charts.as_script_json(figure)
 
 
 @role_required(MARKETER)
