@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from customers.models import ChannelKind, Topic
 from core.errors import InputError
+from core.text import sentence
 from segments.models import Segment
 
 from . import render
@@ -265,7 +266,7 @@ class CampaignForm(forms.Form):
         """Put each refused field path next to the input it is about."""
         keys = VARIANT_KEYS[: self.cleaned_data.get("variant_count") or 1] if hasattr(self, "cleaned_data") else VARIANT_KEYS
         for error in exc.errors:
-            message = _sentence(error.message)
+            message = sentence(error.message)
             if error.field == "topic" and not self.data.get("topic"):
                 message = "Choose a topic."
             target = self._input_for(error.field, keys)
@@ -394,14 +395,6 @@ def preview_content(data) -> tuple[str, str, dict | None, str]:
     # them) the page escapes them like any other value.
     rendered = json.loads(json.dumps(rendered))
     return key, channel, {**rendered, **{name: "" for name in blank}}, ""
-
-
-def _sentence(message: str) -> str:
-    message = message.strip()
-    if not message:
-        return message
-    message = message[0].upper() + message[1:]
-    return message if message.endswith((".", "!", "?")) else message + "."
 
 
 class OutboxFilterForm(forms.Form):

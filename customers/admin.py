@@ -15,6 +15,7 @@ from django.utils.html import format_html
 
 from core.admin import BigTableAdmin, ReadOnlyAdmin, ReadOnlyInline
 from core.audit import audit
+from core.text import plural
 
 from .models import (
     ApiKey,
@@ -459,7 +460,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             api_keys.api_key_revoke(key=key, actor=_actor(request))
             revoked += 1
         if revoked:
-            messages.success(request, f"Revoked {revoked} key{'s' if revoked != 1 else ''}; requests with "
+            messages.success(request, f"Revoked {revoked} {plural(revoked, 'key')}; requests with "
                                       f"{'them' if revoked != 1 else 'it'} are now refused.")
         else:
             messages.info(request, "The selected keys were already revoked.")

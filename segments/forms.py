@@ -11,6 +11,7 @@ from django.db.models import Q
 
 from customers.models import Customer
 from core.errors import InputError
+from core.text import sentence
 
 from .models import Segment
 
@@ -66,19 +67,11 @@ class SegmentForm(forms.Form):
             if error.field == "rules" or error.field.startswith(("rules.", "rules[")):
                 self.rule_errors.append({"path": error.field, "message": error.message})
             elif error.field in self.fields:
-                self.add_error(error.field, _sentence(error.message))
+                self.add_error(error.field, sentence(error.message))
             else:
-                self.add_error(None, _sentence(error.message))
+                self.add_error(None, sentence(error.message))
         if self.rule_errors and "rules" not in self.errors:
             self.add_error("rules", exc.message)
-
-
-def _sentence(message: str) -> str:
-    message = message.strip()
-    if not message:
-        return message
-    message = message[0].upper() + message[1:]
-    return message if message.endswith((".", "!", "?")) else message + "."
 
 
 class MembersImportForm(forms.Form):

@@ -21,6 +21,7 @@ from customers.roles import MARKETER, SUPPORT, role_required
 from core import charts
 from core.errors import InputError
 from core.htmx import render_partials, wants_partial
+from core.text import counted
 
 from . import queries, services
 from . import rules as rule_language
@@ -40,10 +41,6 @@ CHART_DAYS = 30
 
 def _actor(request) -> str:
     return request.user.get_username()
-
-
-def _members(count: int) -> str:
-    return f"{count:,} member{'' if count == 1 else 's'}"
 
 
 # --- List ---------------------------------------------------------------------------------------
@@ -179,7 +176,7 @@ def segment_new(request):
                 form.add_service_errors(exc)
             else:
                 if segment.is_dynamic:
-                    messages.success(request, f"Segment “{segment.name}” created: {_members(segment.member_count)}.")
+                    messages.success(request, f"Segment “{segment.name}” created: {counted(segment.member_count, 'member')}.")
                 else:
                     messages.success(request, f"Static segment “{segment.name}” created. Add its members below.")
                 return redirect("segments:detail", segment.pk)
@@ -206,7 +203,7 @@ def segment_edit(request, segment_id: int):
                 form.add_service_errors(exc)
             else:
                 if segment.compiled != before:
-                    messages.success(request, f"Rules saved; “{segment.name}” now has {_members(segment.member_count)}.")
+                    messages.success(request, f"Rules saved; “{segment.name}” now has {counted(segment.member_count, 'member')}.")
                 else:
                     messages.success(request, f"“{segment.name}” saved.")
                 return redirect("segments:detail", segment.pk)
@@ -372,7 +369,7 @@ def segment_recompute(request, segment_id: int):
         segment.refresh_from_db(fields=["last_full_ms"])
         moved = f"{change.entered:,} entered, {change.exited:,} left" if change.entered or change.exited else "nobody entered or left"
         messages.success(
-            request, f"Recomputed in {segment.last_full_ms or 0:,} ms: {_members(change.size)}, {moved}."
+            request, f"Recomputed in {segment.last_full_ms or 0:,} ms: {counted(change.size, 'member')}, {moved}."
         )
     return redirect("segments:detail", segment.pk)
 
@@ -523,7 +520,7 @@ def _shown_value(rule: dict, value) -> str:
     if "event" in rule:
         count = int(value or 0)
         window = f" in the last {rule['within_days']} days" if "within_days" in rule else ""
-        return f"{count:,} matching event{'s' if count != 1 else ''}{window}"
+        return f"{counted(count, 'matching event')}{window}"
     if value is None or value == "":
         if "subscribed" in rule:
             return "no choice recorded"
