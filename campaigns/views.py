@@ -22,6 +22,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from customers.models import ChannelKind
 from customers.roles import MARKETER, role_required
+from core.audit import user_actor
 from core.errors import InputError
 from core.htmx import wants_partial
 
@@ -57,10 +58,6 @@ DELIVERY_TONE = {
     "opened": "ok", "clicked": "ok", "converted": "ok", "suppressed": "muted", "cancelled": "muted",
     "failed": "bad", "bounced": "bad", "complained": "bad", "unsubscribed": "bad",
 }
-
-
-def _actor(request) -> str:
-    return request.user.get_username()
 
 
 def _int(value) -> int | None:
@@ -242,7 +239,7 @@ def campaign_new(request):
         form = CampaignForm(request.POST)
         if form.is_valid():
             try:
-                campaign = services.campaign_create(data=form.to_input(), actor=_actor(request), user=request.user)
+                campaign = services.campaign_create(data=form.to_input(), actor=user_actor(request), user=request.user)
             except InputError as exc:
                 form.add_service_errors(exc)
             else:
@@ -260,7 +257,7 @@ def campaign_edit(request, campaign_id: int):
         form = CampaignForm(request.POST)
         if form.is_valid():
             try:
-                campaign = services.campaign_update(campaign=campaign, data=form.to_input(), actor=_actor(request))
+                campaign = services.campaign_update(campaign=campaign, data=form.to_input(), actor=user_actor(request))
             except InputError as exc:
                 form.add_service_errors(exc)
             else:
@@ -339,7 +336,7 @@ def campaign_preview_frame(request, frame_key: str):
 def campaign_delete(request, campaign_id: int):
     campaign = queries.campaign_for(request.user, campaign_id)
     try:
-        services.campaign_delete(campaign=campaign, actor=_actor(request))
+        services.campaign_delete(campaign=campaign, actor=user_actor(request))
     except InputError as exc:
         messages.error(request, "Not deleted: " + _errors_sentence(exc))
         return redirect("campaigns:detail", campaign.pk)
@@ -383,7 +380,7 @@ def campaign_launch(request, campaign_id: int):
     campaign = queries.campaign_for(request.user, campaign_id)
     if request.method == "POST":
         try:
-            campaign = services.campaign_launch(campaign=campaign, actor=_actor(request))
+            campaign = services.campaign_launch(campaign=campaign, actor=user_actor(request))
         except InputError as exc:
             if not campaign.is_editable:
                 messages.error(request, _errors_sentence(exc))
@@ -461,7 +458,7 @@ def campaign_detail(request, campaign_id: int):
 def _lifecycle(request, campaign_id: int, action, done: str):
     campaign = queries.campaign_for(request.user, campaign_id)
     try:
-        action(campaign=campaign, actor=_actor(request))
+        action(campaign=campaign, actor=user_actor(request))
     except InputError as exc:
         messages.error(request, _errors_sentence(exc))
     else:
@@ -495,7 +492,7 @@ def campaign_send_remainder(request, campaign_id: int):
     channel = request.POST.get("channel") or None
     try:
         campaign = services.campaign_send_remainder(
-            campaign=campaign, actor=_actor(request), variant_id=_int(request.POST.get("variant")), channel=channel,
+            campaign=campaign, actor=user_actor(request), variant_id=_int(request.POST.get("variant")), channel=channel,
         )
     except InputError as exc:
         messages.error(request, _errors_sentence(exc))

@@ -1,4 +1,4 @@
-"""The audit trail's one writer."""
+"""The audit trail's one writer, and the name it gives whoever acted."""
 
 from __future__ import annotations
 
@@ -10,3 +10,10 @@ def audit(*, actor: str, action: str, object_type: str, object_id: object = "", 
     AuditEntry.objects.create(
         actor=actor, action=action, object_type=object_type, object_id=str(object_id), details=details or {}
     )
+
+
+def user_actor(request) -> str:
+    """How the audit trail names the signed-in person behind a page's request: their username.
+
+    (Django admin and the API name theirs ``admin:<username>`` and ``api:<key name>``.)"""
+    return request.user.get_username()

@@ -19,6 +19,7 @@ from customers import queries as customer_queries
 from customers.models import ChannelKind
 from customers.roles import MARKETER, SUPPORT, role_required
 from core import charts
+from core.audit import user_actor
 from core.errors import InputError
 from core.htmx import render_partials, wants_partial
 from core.text import counted
@@ -37,10 +38,6 @@ CUSTOMER_TEMPLATE = "segments/customer_segments.html"
 MEMBERS_PER_PAGE = 25
 RECENT_CHANGES = 15
 CHART_DAYS = 30
-
-
-def _actor(request) -> str:
-    return request.user.get_username()
 
 
 # --- List ---------------------------------------------------------------------------------------
@@ -170,7 +167,7 @@ def segment_new(request):
             try:
                 segment = services.segment_create(
                     name=data["name"], description=data["description"], static=not form.is_dynamic,
-                    rules=data["rules"] if form.is_dynamic else None, actor=_actor(request), user=request.user,
+                    rules=data["rules"] if form.is_dynamic else None, actor=user_actor(request), user=request.user,
                 )
             except InputError as exc:
                 form.add_service_errors(exc)
@@ -196,7 +193,7 @@ def segment_edit(request, segment_id: int):
             before = segment.compiled
             try:
                 services.segment_update(
-                    segment=segment, actor=_actor(request), name=data["name"], description=data["description"],
+                    segment=segment, actor=user_actor(request), name=data["name"], description=data["description"],
                     rules=data["rules"] if segment.is_dynamic else None,
                 )
             except InputError as exc:
@@ -217,7 +214,7 @@ def segment_edit(request, segment_id: int):
 def segment_delete(request, segment_id: int):
     segment = queries.segment_get_for_user(user=request.user, segment_id=segment_id)
     try:
-        services.segment_delete(segment=segment, actor=_actor(request))
+        services.segment_delete(segment=segment, actor=user_actor(request))
     except InputError as exc:
         messages.error(request, "Not deleted: " + "; ".join(error.message for error in exc.errors) + ".")
         return redirect("segments:edit", segment.pk)
@@ -405,7 +402,7 @@ def members_add(request, segment_id: int):
         data = form.cleaned_data
         try:
             change = services.static_members_change(
-                segment=segment, add=True, actor=_actor(request), emails=data["emails"], external_ids=data["external_ids"]
+                segment=segment, add=True, actor=user_actor(request), emails=data["emails"], external_ids=data["external_ids"]
             )
         except InputError as exc:
             for error in exc.errors:
@@ -435,7 +432,7 @@ def members_remove(request, segment_id: int):
     segment = queries.segment_get_for_user(user=request.user, segment_id=segment_id)
     customer = customer_queries.customer_get_for_user(user=request.user, customer_id=_int(request.POST.get("customer")))
     try:
-        change = services.static_members_change(segment=segment, add=False, actor=_actor(request), ids=[customer.pk])
+        change = services.static_members_change(segment=segment, add=False, actor=user_actor(request), ids=[customer.pk])
     except InputError as exc:
         messages.error(request, "; ".join(error.message for error in exc.errors).capitalize() + ".")
     else:
