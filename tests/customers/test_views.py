@@ -37,37 +37,7 @@ def seed_timeline(customer, *, count: int, start=None, **fields) -> list[Event]:
     )
 
 
-# --- Access ----------------------------------------------------------------------------------
-
-
-def every_view(customer):
-    return [
-        ("get", reverse("home"), {}),
-        ("get", reverse("customers:list"), {}),
-        ("get", reverse("customers:detail", args=[customer.pk]), {}),
-        ("get", reverse("customers:timeline", args=[customer.pk]), {}),
-        ("post", reverse("customers:subscription_change", args=[customer.pk]), {"reason": "x"}),
-        ("post", reverse("customers:note_add", args=[customer.pk]), {"text": "hello"}),
-    ]
-
-
-def test_a_user_without_a_role_is_refused_everywhere_with_a_styled_page(client, outsider, customer, topics):
-    client.force_login(outsider)
-    events_before = Event.objects.count()
-    for method, url, data in every_view(customer):
-        response = getattr(client, method)(url, data)
-        assert response.status_code == 403, url
-        page = response.content.decode()
-        assert "has no Switchboard role" in page, url
-        assert "app.css" in page
-    assert Event.objects.count() == events_before
-
-
-def test_anonymous_visitors_are_sent_to_sign_in(client, customer):
-    for method, url, data in every_view(customer):
-        response = getattr(client, method)(url, data)
-        assert response.status_code == 302, url
-        assert response.url.startswith(reverse("login") + "?next="), url
+# --- Access (who may use each page: tests/test_access.py) ------------------------------------
 
 
 def test_an_unknown_customer_is_a_404(client, support):
