@@ -181,9 +181,9 @@ def sent_campaign(conninfo: str) -> tuple[int, list[int]]:
 
 
 def pixel_paths(delivery_ids: list[int]) -> list[str]:
-    from campaigns import render
+    from campaigns import links
 
-    return [urlsplit(render.open_url(pk)).path for pk in delivery_ids]
+    return [urlsplit(links.open_url(pk)).path for pk in delivery_ids]
 
 
 def marketer_sessions(count: int) -> list[str]:

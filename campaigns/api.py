@@ -18,8 +18,9 @@ from customers.schemas import error_responses
 from core.errors import FieldError, InputError
 from customers.services.preferences import unknown_topic_message
 
-from . import queries, render, services
+from . import queries, services
 from .models import Campaign, Delivery, DeliveryStatus
+from .personalisation import TemplateProblem, compile_content
 from .schemas import (
     CampaignIn,
     CampaignListOut,
@@ -419,8 +420,8 @@ def message_send(request, payload: MessageIn):
         errors.append(FieldError("topic", unknown_topic_message(payload.topic)))
     channel = str(payload.channel)
     try:
-        render.compile_content(channel, payload.content)
-    except render.TemplateProblem as problem:
+        compile_content(channel, payload.content)
+    except TemplateProblem as problem:
         errors.append(FieldError(f"content.{problem.field}", problem.message))
     if errors:
         raise InputError(errors)

@@ -32,9 +32,10 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from . import render
+from .links import email_finish, links_in, links_store, message_links
 from .models import SuppressionReason
 from .outbox import run_transitions, transitions_sql
+from .personalisation import TemplateProblem, compile_content, customer_context, with_opt_out
 from .policy import (
     CAP_LOCK_SQL,
     RECENT_SQL,
@@ -258,23 +259,23 @@ def build(ids: list[int]) -> tuple[list[OutgoingMessage], list[SendResult | Rend
         marketing = not transactional
         try:
             if body is None:
-                raise render.TemplateProblem("content", f"no {channel} content")
+                raise TemplateProblem("content", f"no {channel} content")
             if key not in compiled:
                 try:
-                    compiled[key] = render.compile_content(channel, body)
-                except render.TemplateProblem as problem:
+                    compiled[key] = compile_content(channel, body)
+                except TemplateProblem as problem:
                     compiled[key] = problem  # the same answer for the rest of the batch
-            if isinstance(compiled[key], render.TemplateProblem):
+            if isinstance(compiled[key], TemplateProblem):
                 raise compiled[key]
-            links = render.message_links(delivery_id=delivery_id, customer_id=customer_id, lazy=channel != "email")
+            links = message_links(delivery_id=delivery_id, customer_id=customer_id, lazy=channel != "email")
             customer = {
                 "id": customer_id, "external_id": external_id, "email": email, "phone": phone,
                 "first_name": first_name, "last_name": last_name, "locale": locale, "timezone": tz_name,
                 "lifecycle_stage": stage, "attributes": attributes,
             }
-            content = compiled[key].render(render.customer_context(customer, links=links))
-            content = render.with_opt_out(channel, content, marketing=marketing)
-        except render.TemplateProblem as problem:
+            content = compiled[key].render(customer_context(customer, links=links))
+            content = with_opt_out(channel, content, marketing=marketing)
+        except TemplateProblem as problem:
             failures.append(RenderFailure(delivery_id, f"{channel} {problem}"))
             continue
         to = {"email": email, "push": str(customer_id)}.get(channel, phone)
@@ -290,10 +291,10 @@ def build(ids: list[int]) -> tuple[list[OutgoingMessage], list[SendResult | Rend
             continue
         messages.append(message)
     if pending_email:
-        urls = {url for message, _ in pending_email for url in render.links_in(message.content.get("html", ""))}
-        link_ids = render.links_store(urls)
+        urls = {url for message, _ in pending_email for url in links_in(message.content.get("html", ""))}
+        link_ids = links_store(urls)
         for message, links in pending_email:
-            message.content = render.email_finish(
+            message.content = email_finish(
                 message.content, delivery_id=message.delivery_id, link_ids=link_ids, links=links,
                 marketing=message.marketing,
             )

@@ -21,9 +21,10 @@ from core.errors import FieldError, InputError
 from customers.validation import SCHEDULE_HORIZON, InvalidValue, check_moment
 from segments.models import Segment
 
-from . import outbox, render
+from . import outbox
 from .models import Campaign, Content, Delivery, Variant
 from .outbox import run_transitions, transitions_sql
+from .personalisation import SAMPLE_CUSTOMER, TemplateProblem, compile_content, sample_render
 from .policy import decide
 from .providers import DeliveryEvent
 
@@ -115,8 +116,8 @@ def _validate(data: CampaignInput, *, campaign: Campaign | None = None) -> tuple
                 errors.append(FieldError(f"{prefix}content.{channel}", "content is an object of fields"))
                 continue
             try:
-                render.compile_content(channel, body)
-            except render.TemplateProblem as problem:
+                compile_content(channel, body)
+            except TemplateProblem as problem:
                 errors.append(FieldError(f"{prefix}content.{channel}.{problem.field}", problem.message))
     now = timezone.now()
     if data.schedule not in Campaign.Schedule.values:
@@ -296,7 +297,7 @@ def _check_audience_values(campaign: Campaign, data: CampaignInput) -> None:
     for i, variant in enumerate(data.variants):
         prefix = f"variants[{i}]." if len(data.variants) > 1 else ""
         for channel, body in variant.content.items():
-            compiled = render.compile_content(channel, body)
+            compiled = compile_content(channel, body)
             contents.append((prefix, channel, compiled, compiled.attributes_read()))
     keys = {key for *_, read in contents for keys in read.values() for key in keys}
     types = outbox.audience_attribute_types(campaign, keys)
@@ -307,11 +308,11 @@ def _check_audience_values(campaign: Campaign, data: CampaignInput) -> None:
                 path = f"{prefix}content.{channel}.{field_name}"
                 if key not in field_keys or (path, key) in seen:
                     continue
-                attributes = {**render.SAMPLE_CUSTOMER["attributes"], key: example}
-                customer = {**render.SAMPLE_CUSTOMER, "attributes": attributes}
+                attributes = {**SAMPLE_CUSTOMER["attributes"], key: example}
+                customer = {**SAMPLE_CUSTOMER, "attributes": attributes}
                 try:
-                    render.sample_render(compiled, customer)
-                except render.TemplateProblem as problem:
+                    sample_render(compiled, customer)
+                except TemplateProblem as problem:
                     if problem.field != field_name:
                         continue
                     seen.add((path, key))
@@ -581,8 +582,8 @@ def message_send(
         if existing:
             return MessageResult(existing, existing.status, existing.reason, duplicate=True)
     try:
-        render.compile_content(channel, content)
-    except render.TemplateProblem as problem:
+        compile_content(channel, content)
+    except TemplateProblem as problem:
         raise InputError([FieldError(f"content.{problem.field}", problem.message)]) from None
     now = timezone.now()
     (decision,) = decide(customer_id=customer.pk, topic_id=topic.pk, channels=[channel], at=now)

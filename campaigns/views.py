@@ -24,9 +24,12 @@ from customers.models import ChannelKind
 from customers.roles import MARKETER, role_required
 from core.errors import InputError
 
-from . import outbox, queries, render as message_render, services
+from . import outbox, queries, services
 from .forms import CONTENT_INPUTS, PERSONALISATION, CampaignForm, OutboxFilterForm, initial_from, preview_content
+from .links import absolute
 from .models import Campaign, SuppressionReason
+from .personalisation import SAMPLE_CUSTOMER
+from .sms import sms_length
 
 LIST_TEMPLATE = "campaigns/list.html"
 COMPOSE_TEMPLATE = "campaigns/compose.html"
@@ -232,7 +235,7 @@ def _compose_page(request, form: CampaignForm, *, campaign: Campaign | None, sta
         "chosen_segments": form.chosen_segments("segment_ids"),
         "excluded_segments": form.chosen_segments("exclude_segment_ids"),
         "personalisation": PERSONALISATION,
-        "sample": message_render.SAMPLE_CUSTOMER,
+        "sample": SAMPLE_CUSTOMER,
         "timezone_name": timezone.get_current_timezone_name(),
         "content_channels": [(channel, CHANNEL_LABELS[channel]) for channel in CONTENT_INPUTS],
     }
@@ -317,9 +320,9 @@ def campaign_preview(request):
     """The selected variant and channel rendered for the sample customer; nothing is saved."""
     key, channel, rendered, problem = preview_content(request.POST)
     context = {"key": key, "channel": channel, "channel_label": CHANNEL_LABELS[channel], "rendered": rendered,
-               "problem": problem, "sample": message_render.SAMPLE_CUSTOMER, "sms": None}
+               "problem": problem, "sample": SAMPLE_CUSTOMER, "sms": None}
     if rendered is not None and channel == "sms":
-        context["sms"] = message_render.sms_length(rendered.get("body", ""))
+        context["sms"] = sms_length(rendered.get("body", ""))
     if rendered is not None and channel == "email" and rendered.get("html"):
         context["frame_key"] = _preview_frame_key(request, rendered["html"])
     return render(request, f"{COMPOSE_TEMPLATE}#preview", context)
@@ -532,7 +535,7 @@ def outbox_list(request):
 def _without_open_pixel(html: str) -> str:
     """The email minus its open pixel, with links that go nowhere: looking at it here must not
     count as the customer opening it or clicking (a sandboxed frame may not open new windows)."""
-    prefix = message_render.absolute(reverse("tracking:open", args=["token"])).rsplit("/", 1)[0] + "/"
+    prefix = absolute(reverse("tracking:open", args=["token"])).rsplit("/", 1)[0] + "/"
     return '<base target="_blank">' + re.sub(r'<img[^>]*src="' + re.escape(prefix) + r'[^"]*"[^>]*>', "", html)
 
 

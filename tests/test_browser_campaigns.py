@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 from campaigns import dispatch, services
 from campaigns.models import Campaign, Content, Delivery
 from campaigns.providers import DeliveryEvent
-from campaigns.render import sms_length
+from campaigns.sms import sms_length
 from segments.services import static_members_change
 from tests.campaigns.conftest import audience  # noqa: F401  (the fixture)
 from tests.conftest import PASSWORD, WAIT_SECONDS
