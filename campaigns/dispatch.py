@@ -57,6 +57,14 @@ def _lease() -> timedelta:
     return timedelta(seconds=settings.DELIVERY_LEASE_SECONDS)
 
 
+def dispatch_soon() -> None:
+    """Ask the workers to send now rather than at the next minute's sweep."""
+    from django_q.tasks import async_task
+
+    for _ in range(max(1, settings.Q_CLUSTER.get("workers", 1))):
+        async_task("campaigns.tasks.dispatch", task_name="dispatch", group="dispatch")
+
+
 # --- Claiming ----------------------------------------------------------------------------------
 
 

@@ -172,7 +172,7 @@ def _moment(timestamp):
 
 @receiver(tracking, dispatch_uid="campaigns.email_tracking")
 def on_tracking(sender, event, esp_name, **kwargs) -> None:
-    from . import services
+    from .services.delivery_events import delivery_events_apply
 
     kind = KINDS.get(event.event_type)
     if kind is None or not event.message_id:
@@ -185,7 +185,7 @@ def on_tracking(sender, event, esp_name, **kwargs) -> None:
         logger.debug("%s %s event for unknown message %s", esp_name, event.event_type, event.message_id)
         return
     reason = event.description or event.mta_response or event.reject_reason or ""
-    services.delivery_events_apply(events=[
+    delivery_events_apply(events=[
         DeliveryEvent(
             kind=kind,
             occurred_at=_moment(event.timestamp),

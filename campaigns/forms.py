@@ -1,8 +1,8 @@
 """Input validation for the campaigns UI.
 
 The compose form only parses what the browser sends (numbers, dates, ``name=value``
-lines) into a :class:`~campaigns.services.CampaignInput`; the rules of a valid campaign
-live in ``campaigns.services``, whose :class:`~core.errors.FieldError` paths
+lines) into a :class:`~campaigns.services.compose.CampaignInput`; the rules of a valid campaign
+live in ``campaigns.services.compose``, whose :class:`~core.errors.FieldError` paths
 ("variants[1].content.email.subject") are mapped back onto the inputs they are about.
 """
 
@@ -22,7 +22,7 @@ from segments.models import Segment
 from . import personalisation
 from .links import sample_links
 from .models import Campaign
-from .services import CampaignInput, VariantInput
+from .services.compose import CampaignInput, VariantInput
 
 VARIANT_KEYS = ("A", "B", "C")
 CHANNELS = list(ChannelKind.values)

@@ -19,7 +19,7 @@ from django.utils import timezone
 from customers.services.ingestion import EventInput, events_ingest
 
 from .providers import DeliveryEvent
-from .services import delivery_events_apply
+from .services.delivery_events import delivery_events_apply
 
 # Per channel, percent of deliveries: (delivered, opened, clicked, converted). SMS and
 # WhatsApp convert better than email, as they tend to in practice.

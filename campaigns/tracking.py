@@ -35,7 +35,7 @@ from . import links, preference_links
 from .forms import PreferencesLinkForm
 from .models import Delivery, Link
 from .providers import DeliveryEvent
-from .services import delivery_events_apply, engagement_record
+from .services.delivery_events import delivery_events_apply, engagement_record
 
 logger = logging.getLogger(__name__)
 

@@ -24,11 +24,12 @@ from customers.models import ChannelKind
 from customers.roles import MARKETER, role_required
 from core.errors import InputError
 
-from . import outbox, queries, services
+from . import outbox, queries
 from .forms import CONTENT_INPUTS, PERSONALISATION, CampaignForm, OutboxFilterForm, initial_from, preview_content
 from .links import absolute
 from .models import Campaign, SuppressionReason
 from .personalisation import SAMPLE_CUSTOMER
+from .services import compose, lifecycle
 from .sms import sms_length
 
 LIST_TEMPLATE = "campaigns/list.html"
@@ -249,7 +250,7 @@ def campaign_new(request):
         form = CampaignForm(request.POST)
         if form.is_valid():
             try:
-                campaign = services.campaign_create(data=form.to_input(), actor=_actor(request), user=request.user)
+                campaign = compose.campaign_create(data=form.to_input(), actor=_actor(request), user=request.user)
             except InputError as exc:
                 form.add_service_errors(exc)
             else:
@@ -267,7 +268,7 @@ def campaign_edit(request, campaign_id: int):
         form = CampaignForm(request.POST)
         if form.is_valid():
             try:
-                campaign = services.campaign_update(campaign=campaign, data=form.to_input(), actor=_actor(request))
+                campaign = compose.campaign_update(campaign=campaign, data=form.to_input(), actor=_actor(request))
             except InputError as exc:
                 form.add_service_errors(exc)
             else:
@@ -277,7 +278,7 @@ def campaign_edit(request, campaign_id: int):
     if not campaign.is_editable:
         messages.info(request, f"“{campaign.name}” is {campaign.get_status_display().lower()}; only drafts can be changed.")
         return redirect("campaigns:detail", campaign.pk)
-    form = CampaignForm(initial=initial_from(services.campaign_input_from(campaign)))
+    form = CampaignForm(initial=initial_from(compose.campaign_input_from(campaign)))
     return _compose_page(request, form, campaign=campaign)
 
 
@@ -346,7 +347,7 @@ def campaign_preview_frame(request, frame_key: str):
 def campaign_delete(request, campaign_id: int):
     campaign = queries.campaign_for(request.user, campaign_id)
     try:
-        services.campaign_delete(campaign=campaign, actor=_actor(request))
+        compose.campaign_delete(campaign=campaign, actor=_actor(request))
     except InputError as exc:
         messages.error(request, "Not deleted: " + _errors_sentence(exc))
         return redirect("campaigns:detail", campaign.pk)
@@ -390,7 +391,7 @@ def campaign_launch(request, campaign_id: int):
     campaign = queries.campaign_for(request.user, campaign_id)
     if request.method == "POST":
         try:
-            campaign = services.campaign_launch(campaign=campaign, actor=_actor(request))
+            campaign = lifecycle.campaign_launch(campaign=campaign, actor=_actor(request))
         except InputError as exc:
             if not campaign.is_editable:
                 messages.error(request, _errors_sentence(exc))
@@ -479,19 +480,19 @@ def _lifecycle(request, campaign_id: int, action, done: str):
 @role_required(MARKETER)
 @require_POST
 def campaign_pause(request, campaign_id: int):
-    return _lifecycle(request, campaign_id, services.campaign_pause, "“{name}” paused: nothing more is sent until you resume.")
+    return _lifecycle(request, campaign_id, lifecycle.campaign_pause, "“{name}” paused: nothing more is sent until you resume.")
 
 
 @role_required(MARKETER)
 @require_POST
 def campaign_resume(request, campaign_id: int):
-    return _lifecycle(request, campaign_id, services.campaign_resume, "“{name}” resumed.")
+    return _lifecycle(request, campaign_id, lifecycle.campaign_resume, "“{name}” resumed.")
 
 
 @role_required(MARKETER)
 @require_POST
 def campaign_cancel(request, campaign_id: int):
-    return _lifecycle(request, campaign_id, services.campaign_cancel,
+    return _lifecycle(request, campaign_id, lifecycle.campaign_cancel,
                       "“{name}” cancelled: messages not yet sent will not be sent.")
 
 
@@ -501,7 +502,7 @@ def campaign_send_remainder(request, campaign_id: int):
     campaign = queries.campaign_for(request.user, campaign_id)
     channel = request.POST.get("channel") or None
     try:
-        campaign = services.campaign_send_remainder(
+        campaign = lifecycle.campaign_send_remainder(
             campaign=campaign, actor=_actor(request), variant_id=_int(request.POST.get("variant")), channel=channel,
         )
     except InputError as exc:

@@ -37,7 +37,7 @@ from customers.models import ChannelKind, Customer, Subscription
 from customers.services.preferences import channel_status_set, subscriptions_change
 
 from .providers import DeliveryEvent
-from .services import delivery_events_apply
+from .services.delivery_events import delivery_events_apply
 
 logger = logging.getLogger(__name__)
 

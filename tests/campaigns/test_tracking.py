@@ -15,7 +15,9 @@ from django.db import connection, connections, transaction
 from django.db.models import F
 from django.test import Client
 
-from campaigns import dispatch, links, services
+from campaigns import dispatch, links
+from campaigns.services.lifecycle import campaign_launch
+from campaigns.services.messages import message_send
 from campaigns.models import Campaign, Delivery, SandboxMessage
 from campaigns.queries import campaign_summary
 from customers.models import Consent, ConsentState, Event, Subscription
@@ -57,7 +59,7 @@ def any_hour(settings):
 def sent(audience):
     """An email campaign sent to the audience; ada's rendered email and its delivery."""
     campaign = make_campaign(audience, channels=("email",))
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     assert dispatch.dispatch(budget_seconds=WAIT_SECONDS)["sent"] == 3  # ada, bob, fay
     ada = audience["people"]["ada"]
     delivery = Delivery.objects.get(campaign=campaign, customer=ada, channel="email")
@@ -184,7 +186,7 @@ def test_one_click_unsubscribe_from_the_list_unsubscribe_header(sent):
 
     # The next campaign on the topic passes her by.
     spring = make_campaign(sent, channels=("email",), name="Spring sale")
-    services.campaign_launch(campaign=spring, actor="test")
+    campaign_launch(campaign=spring, actor="test")
     rows = {d.customer_id: (d.status, d.reason) for d in Delivery.objects.filter(campaign=spring)}
     assert rows[ada.pk] == ("suppressed", "not_subscribed")
     assert rows[sent["people"]["bob"].pk] == ("planned", "")
@@ -228,7 +230,7 @@ def test_a_bad_unsubscribe_link_is_a_404_page_and_writes_nothing(sent, client):
 
 def test_unsubscribing_from_a_transactional_message_explains_instead(sent, topics):
     ada = sent["ada"]
-    result = services.message_send(customer=ada, topic=topics["alerts"], channel="email", actor="test",
+    result = message_send(customer=ada, topic=topics["alerts"], channel="email", actor="test",
                                    content={"subject": "Your password was changed", "html": "<p>It was you?</p>"})
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     message = SandboxMessage.objects.get(delivery_id=result.delivery.pk)
@@ -293,7 +295,7 @@ def test_the_preference_centre_shows_the_matrix_and_saves_changes(sent, topics):
     assert not Consent.objects.filter(customer=ada).exists() and not ConsentState.objects.filter(customer=ada).exists()
 
     spring = make_campaign(sent, channels=("email", "sms"), name="Spring sale")
-    services.campaign_launch(campaign=spring, actor="test")
+    campaign_launch(campaign=spring, actor="test")
     assert set(Delivery.objects.filter(campaign=spring, customer=ada).values_list("reason", flat=True)) == {"not_subscribed"}
 
 
