@@ -1,9 +1,9 @@
 """Delivery events: what providers, tracking links and conversions report about deliveries.
 
 Provider webhooks, the open pixel and click redirect, unsubscribes and attributed goal
-events all become :class:`~campaigns.providers.DeliveryEvent` objects and end here:
-statuses only move forward, each engagement counts once per delivery, and an event id seen
-before is skipped.
+events all become :class:`~campaigns.providers.DeliveryEvent` objects and end here, in the
+one transitions path: statuses only move forward, each engagement counts once per
+delivery, and an event id seen before is skipped.
 """
 
 from __future__ import annotations
@@ -14,19 +14,30 @@ from datetime import datetime
 from django.db import connection, transaction
 from django.utils import timezone
 
-from .. import outbox
-from ..models import Campaign
-from ..outbox import run_transitions, transitions_sql
-from ..providers import DeliveryEvent
+from customers.models import ChannelStatus
 
-ENGAGEMENT = {
-    # kind: (timestamp column, status it moves to, the statuses it can follow)
-    "delivered": "delivered_at",
-    "opened": "opened_at",
-    "clicked": "clicked_at",
-    "converted": "converted_at",
+from ..models import DELIVERY_STEPS, Campaign, DeliveryStatus
+from ..providers import DeliveryEvent
+from ..transitions import MILESTONES, deliveries_transition
+
+# The outcomes that end a delivery's story, in the order one wins when a batch reports
+# several for one delivery.
+OUTCOMES = (DeliveryStatus.COMPLAINED, DeliveryStatus.BOUNCED, DeliveryStatus.UNSUBSCRIBED, DeliveryStatus.FAILED)
+# What each outcome may end: any delivery whose story has not ended; a failure only before
+# the message was delivered (a provider's late "failed" after a delivery receipt is noise).
+NOT_ENDED = tuple(status for step in DELIVERY_STEPS for status in step)
+ENDS = {
+    DeliveryStatus.COMPLAINED: NOT_ENDED,
+    DeliveryStatus.BOUNCED: NOT_ENDED,
+    DeliveryStatus.UNSUBSCRIBED: NOT_ENDED,
+    DeliveryStatus.FAILED: (DeliveryStatus.PLANNED, DeliveryStatus.HELD, DeliveryStatus.SENDING, DeliveryStatus.SENT),
 }
-NEGATIVE = {"bounced", "complained", "unsubscribed", "failed"}
+# What an address learns from an outcome: a hard bounce makes it unusable, a complaint stops
+# marketing on that channel.
+ADDRESS_STATUS = {
+    DeliveryStatus.BOUNCED: ChannelStatus.Status.BOUNCED,
+    DeliveryStatus.COMPLAINED: ChannelStatus.Status.COMPLAINED,
+}
 
 
 def delivery_events_apply(*, events: list[DeliveryEvent]) -> int:
@@ -40,7 +51,7 @@ def delivery_events_apply(*, events: list[DeliveryEvent]) -> int:
         return 0
     rows = []
     for event in events:
-        if event.kind not in ENGAGEMENT and event.kind not in NEGATIVE:
+        if event.kind not in MILESTONES and event.kind not in OUTCOMES:
             continue
         rows.append({
             "delivery_id": event.delivery_id, "provider": event.provider, "pid": event.provider_message_id,
@@ -81,81 +92,22 @@ def delivery_events_apply(*, events: list[DeliveryEvent]) -> int:
                 """,
                 [json.dumps(rows)],
             )
-        changed = 0
         # Engagement: first time only, implied steps included (a click implies an open, both a delivery).
-        changed += run_transitions(
-            transitions_sql(
-                ctes=f"""
-                e AS (
-                    SELECT delivery_id, min(at) FILTER (WHERE kind IN ('delivered', 'opened', 'clicked', 'converted')) AS delivered,
-                           min(at) FILTER (WHERE kind IN ('opened', 'clicked')) AS opened,
-                           min(at) FILTER (WHERE kind = 'clicked') AS clicked,
-                           min(at) FILTER (WHERE kind = 'converted') AS converted
-                    FROM delivery_incoming WHERE kind IN ('delivered', 'opened', 'clicked', 'converted')
-                    GROUP BY delivery_id
-                ),
-                old AS (
-                    -- Locked in id order first, so concurrent events for one delivery count once.
-                    SELECT d.id, d.delivered_at, d.opened_at, d.clicked_at, d.converted_at
-                    FROM campaigns_delivery d JOIN e ON e.delivery_id = d.id
-                    WHERE d.sent_at IS NOT NULL ORDER BY d.id FOR UPDATE OF d
-                ),
-                upd AS (
-                    UPDATE campaigns_delivery d SET
-                        delivered_at = coalesce(d.delivered_at, e.delivered),
-                        opened_at = coalesce(d.opened_at, e.opened),
-                        clicked_at = coalesce(d.clicked_at, e.clicked),
-                        converted_at = coalesce(d.converted_at, e.converted),
-                        status = CASE
-                            WHEN {outbox._rank('d.status')} >= 10 THEN d.status
-                            WHEN e.converted IS NOT NULL THEN 'converted'
-                            WHEN e.clicked IS NOT NULL AND {outbox._rank('d.status')} < 5 THEN 'clicked'
-                            WHEN e.opened IS NOT NULL AND {outbox._rank('d.status')} < 4 THEN 'opened'
-                            WHEN e.delivered IS NOT NULL AND {outbox._rank('d.status')} < 3 THEN 'delivered'
-                            ELSE d.status END,
-                        updated_at = %(now)s
-                    FROM e, old
-                    WHERE d.id = e.delivery_id AND old.id = d.id
-                      AND ((old.delivered_at IS NULL AND e.delivered IS NOT NULL)
-                           OR (old.opened_at IS NULL AND e.opened IS NOT NULL)
-                           OR (old.clicked_at IS NULL AND e.clicked IS NOT NULL)
-                           OR (old.converted_at IS NULL AND e.converted IS NOT NULL))
-                    RETURNING d.id, d.customer_id, d.campaign_id, d.journey_id, d.channel, d.variant_id,
-                        ARRAY[
-                            CASE WHEN old.delivered_at IS NULL AND e.delivered IS NOT NULL THEN 'delivered' END,
-                            CASE WHEN old.opened_at IS NULL AND e.opened IS NOT NULL THEN 'opened' END,
-                            CASE WHEN old.clicked_at IS NULL AND e.clicked IS NOT NULL THEN 'clicked' END,
-                            CASE WHEN old.converted_at IS NULL AND e.converted IS NOT NULL THEN 'converted' END
-                        ] AS metrics,
-                        ARRAY[e.delivered, e.opened, e.clicked, e.converted] AS ats
-                )
-                """,
-                changed="""
-                SELECT upd.id, upd.customer_id, upd.campaign_id, upd.journey_id, upd.channel, upd.variant_id,
-                       m.metric, m.at, ''::text AS reason
-                FROM upd, unnest(upd.metrics, upd.ats) AS m(metric, at) WHERE m.metric IS NOT NULL
-                """
-            ),
-            {"now": now},
-        )
-        # Negative outcomes end the delivery's story.
-        changed += run_transitions(
-            transitions_sql(
-                f"""
-                UPDATE campaigns_delivery d SET status = i.kind, reason = coalesce(nullif(i.reason, ''), d.reason),
-                       failed_at = coalesce(d.failed_at, i.at), updated_at = %(now)s
-                FROM (SELECT DISTINCT ON (delivery_id) * FROM delivery_incoming
-                      WHERE kind IN ('bounced', 'complained', 'unsubscribed', 'failed')
-                      ORDER BY delivery_id, CASE kind WHEN 'complained' THEN 0 WHEN 'bounced' THEN 1
-                               WHEN 'unsubscribed' THEN 2 ELSE 3 END) i
-                WHERE d.id = i.delivery_id AND d.status NOT IN ('bounced', 'complained', 'unsubscribed', 'failed', 'suppressed', 'cancelled')
-                  AND NOT (i.kind = 'failed' AND {outbox._rank('d.status')} >= 3 AND {outbox._rank('d.status')} < 10)
-                RETURNING d.id, d.customer_id, d.campaign_id, d.journey_id, d.channel, d.variant_id,
-                          i.kind AS metric, i.at, i.reason
-                """
-            ),
-            {"now": now},
-        )
+        changed = deliveries_transition(
+            forward=True, now=now, params={"milestones": list(MILESTONES)},
+            source="SELECT delivery_id AS id, kind AS status, at FROM delivery_incoming "
+                   "WHERE kind = ANY(%(milestones)s)",
+        ).events
+        # Negative outcomes end the delivery's story: the gravest one reported wins.
+        changed += deliveries_transition(
+            only_from=ENDS, now=now, at="src.at", reason="src.reason",
+            source="""
+                SELECT DISTINCT ON (delivery_id) delivery_id AS id, kind AS status, at, reason
+                FROM delivery_incoming WHERE kind = ANY(%(outcomes)s)
+                ORDER BY delivery_id, array_position(%(outcomes)s::text[], kind)""",
+            params={"outcomes": list(OUTCOMES)},
+            sets={"reason": "coalesce(nullif(src.reason, ''), d.reason)", "failed_at": "coalesce(d.failed_at, src.at)"},
+        ).events
         _address_feedback()
     return changed
 
@@ -167,40 +119,13 @@ def engagement_record(*, delivery_id: int, kind: str, at: datetime | None = None
     open, both imply delivery, the status only moves forward), without its batch set-up.
     Returns how many metrics changed (0 for a repeat).
     """
-    if kind not in ("opened", "clicked"):
+    if kind not in (DeliveryStatus.OPENED, DeliveryStatus.CLICKED):
         raise ValueError(f"not an engagement: {kind}")
     at = at or timezone.now()
-    steps = ["delivered", "opened"] + (["clicked"] if kind == "clicked" else [])
-    rank = {"delivered": 3, "opened": 4, "clicked": 5}[kind]
-    sets = ", ".join(f"{step}_at = coalesce(d.{step}_at, %(at)s)" for step in steps)
-    firsts = ", ".join(f"CASE WHEN old.{step}_at IS NULL THEN '{step}' END" for step in steps)
-    return run_transitions(
-        transitions_sql(
-            ctes=f"""
-            old AS (
-                -- Locked first: what is read here is what a concurrent hit committed, so
-                -- two simultaneous first opens count once.
-                SELECT id, delivered_at, opened_at, clicked_at FROM campaigns_delivery
-                WHERE id = %(id)s AND sent_at IS NOT NULL FOR UPDATE
-            ),
-            upd AS (
-                UPDATE campaigns_delivery d SET {sets},
-                    status = CASE WHEN {outbox._rank('d.status')} < {rank} THEN '{kind}' ELSE d.status END,
-                    updated_at = %(at)s
-                FROM old
-                WHERE d.id = old.id AND old.{kind}_at IS NULL
-                RETURNING d.id, d.customer_id, d.campaign_id, d.journey_id, d.channel, d.variant_id,
-                          ARRAY[{firsts}] AS metrics
-            )
-            """,
-            changed="""
-            SELECT upd.id, upd.customer_id, upd.campaign_id, upd.journey_id, upd.channel, upd.variant_id,
-                   m.metric, %(at)s::timestamptz AS at, ''::text AS reason
-            FROM upd, unnest(upd.metrics) AS m(metric) WHERE m.metric IS NOT NULL
-            """,
-        ),
-        {"id": delivery_id, "at": at},
-    )
+    return deliveries_transition(
+        forward=True, now=at, params={"id": delivery_id, "kind": kind, "at": at},
+        source="SELECT %(id)s::bigint AS id, %(kind)s::text AS status, %(at)s::timestamptz AS at",
+    ).events
 
 
 def _address_feedback() -> None:
@@ -212,15 +137,16 @@ def _address_feedback() -> None:
             """
             SELECT d.customer_id, d.channel, i.kind, i.reason
             FROM delivery_incoming i JOIN campaigns_delivery d ON d.id = i.delivery_id
-            WHERE i.kind IN ('bounced', 'complained')
-            """
+            WHERE i.kind = ANY(%s)
+            """,
+            [list(ADDRESS_STATUS)],
         )
         rows = cursor.fetchall()
-    for kind in ("bounced", "complained"):
+    for kind, status in ADDRESS_STATUS.items():
         for channel in {row[1] for row in rows if row[2] == kind}:
             ids = {row[0] for row in rows if row[2] == kind and row[1] == channel}
             reason = next((row[3] for row in rows if row[2] == kind and row[1] == channel and row[3]), kind)
-            channel_status_set(customer_ids=ids, channel=channel, status=kind, reason=reason, source="delivery")
+            channel_status_set(customer_ids=ids, channel=channel, status=status, reason=reason, source="delivery")
 
 
 def conversions_attribute(*, customer_ids: set[int], names: set[str]) -> int:
@@ -250,5 +176,5 @@ def conversions_attribute(*, customer_ids: set[int], names: set[str]) -> int:
             [sorted(customer_ids), sorted(goals)],
         )
         rows = cursor.fetchall()
-    events = [DeliveryEvent("converted", at, delivery_id=delivery_id) for delivery_id, at in rows]
+    events = [DeliveryEvent(DeliveryStatus.CONVERTED, at, delivery_id=delivery_id) for delivery_id, at in rows]
     return delivery_events_apply(events=events)

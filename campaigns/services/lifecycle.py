@@ -17,14 +17,18 @@ from django.utils import timezone
 from core.audit import audit
 from core.errors import FieldError, InputError
 
-from .. import outbox
 from ..dispatch import dispatch_soon
-from ..models import Campaign
-from ..outbox import run_transitions, transitions_sql
+from ..models import Campaign, DeliveryStatus
+from ..outbox import audience_attribute_types, snapshot_write
 from ..personalisation import SAMPLE_CUSTOMER, TemplateProblem, compile_content, sample_render
+from ..policy import RECENT_SQL, ZONES_SQL, PolicySettings, joins_sql, reason_sql
+from ..queries import staged_results
+from ..transitions import deliveries_transition, publish_after_commit
 from .compose import CampaignInput, campaign_input_from, campaign_input_validate
 
 logger = logging.getLogger(__name__)
+
+PLANNED, HELD = DeliveryStatus.PLANNED, DeliveryStatus.HELD
 
 
 def _transition_error(campaign: Campaign, action: str) -> InputError:
@@ -88,7 +92,7 @@ def _check_audience_values(campaign: Campaign, data: CampaignInput) -> None:
             compiled = compile_content(channel, body)
             contents.append((prefix, channel, compiled, compiled.attributes_read()))
     keys = {key for *_, read in contents for keys in read.values() for key in keys}
-    types = outbox.audience_attribute_types(campaign, keys)
+    types = audience_attribute_types(campaign, keys)
     errors, seen = [], set()
     for prefix, channel, compiled, read in contents:
         for field_name, field_keys in read.items():
@@ -121,7 +125,7 @@ def _check_audience_values(campaign: Campaign, data: CampaignInput) -> None:
 def _start(campaign: Campaign, *, now: datetime) -> None:
     """Write the audience snapshot and start sending (call holding the campaign row lock)."""
     start = campaign.send_at if campaign.schedule == Campaign.Schedule.AT and campaign.send_at else now
-    written, customers, to_send = outbox.snapshot_write(campaign, now=now, start=max(start, now))
+    written, customers, to_send = snapshot_write(campaign, now=now, start=max(start, now))
     campaign.audience_size = customers
     campaign.status = Campaign.Status.SENDING
     campaign.updated_at = now
@@ -144,12 +148,12 @@ def campaign_resume(*, campaign: Campaign, actor: str) -> Campaign:
             locked.status = Campaign.Status.SCHEDULED
             locked.save(update_fields=["status", "updated_at"])
         else:
-            waiting = locked.deliveries.filter(status="held").exists() and not locked.winner_decided_at
-            locked.status = Campaign.Status.TESTING if waiting and not locked.deliveries.filter(status="planned").exists() else Campaign.Status.SENDING
+            waiting = locked.deliveries.filter(status=HELD).exists() and not locked.winner_decided_at
+            locked.status = Campaign.Status.TESTING if waiting and not locked.deliveries.filter(status=PLANNED).exists() else Campaign.Status.SENDING
             locked.save(update_fields=["status", "updated_at"])
             transaction.on_commit(dispatch_soon, robust=True)
         audit(actor=actor, action="campaign.resumed", object_type="campaign", object_id=locked.pk)
-        outbox.publish_after_commit([(locked.pk, 0, 1)])
+        publish_after_commit([(locked.pk, 0, 1)])
     return locked
 
 
@@ -162,7 +166,7 @@ def _set_status(campaign: Campaign, *, actor: str, action: str, allowed: set, to
         locked.updated_at = timezone.now()
         locked.save(update_fields=["status", "updated_at"])
         audit(actor=actor, action=f"campaign.{action}d", object_type="campaign", object_id=locked.pk)
-        outbox.publish_after_commit([(locked.pk, 0, 1)])
+        publish_after_commit([(locked.pk, 0, 1)])
     return locked
 
 
@@ -173,16 +177,10 @@ def campaign_cancel(*, campaign: Campaign, actor: str) -> Campaign:
         if locked.status in {Campaign.Status.COMPLETED, Campaign.Status.CANCELLED}:
             raise _transition_error(locked, "cancel")
         now = timezone.now()
-        run_transitions(
-            transitions_sql(
-                """
-                UPDATE campaigns_delivery d SET status = 'cancelled', updated_at = %(now)s
-                WHERE d.campaign_id = %(campaign)s AND d.status IN ('planned', 'held')
-                RETURNING d.id, d.customer_id, d.campaign_id, d.journey_id, d.channel, d.variant_id,
-                          'cancelled'::text AS metric, %(now)s::timestamptz AS at, ''::text AS reason
-                """
-            ),
-            {"now": now, "campaign": locked.pk},
+        deliveries_transition(
+            to=DeliveryStatus.CANCELLED, only_from=[PLANNED, HELD], now=now,
+            source="SELECT id FROM campaigns_delivery WHERE campaign_id = %(campaign)s",
+            params={"campaign": locked.pk},
         )
         locked.status = Campaign.Status.CANCELLED
         locked.completed_at = now
@@ -201,8 +199,6 @@ def campaign_send_remainder(*, campaign: Campaign, actor: str, variant_id: int |
     Customers who chose a channel explicitly keep it; the others get the winning channel
     where the policy allows it, and keep their provisional channel otherwise.
     """
-    from ..queries import staged_results
-
     with transaction.atomic():
         locked = Campaign.objects.select_for_update().get(pk=campaign.pk)
         if not locked.is_staged or locked.winner_decided_at:
@@ -222,36 +218,34 @@ def campaign_send_remainder(*, campaign: Campaign, actor: str, variant_id: int |
         else:
             channel = ""
         now = timezone.now()
-        with connection.cursor() as cursor:
-            if channel:
-                # Move flexible customers to the winning channel where they can receive it.
+        if channel:
+            # Move flexible customers to the winning channel where they can receive it.
+            with connection.cursor() as cursor:
                 cursor.execute(
                     f"""
-                    WITH {_policy_ctes()},
+                    WITH {ZONES_SQL}, {RECENT_SQL},
                     cand AS (
                         SELECT d.id, d.customer_id, %(channel)s::text AS channel, d.topic_id
                         FROM campaigns_delivery d
-                        WHERE d.campaign_id = %(campaign)s AND d.status = 'held' AND d.routed_by <> 'explicit'
+                        WHERE d.campaign_id = %(campaign)s AND d.status = %(held)s AND d.routed_by <> 'explicit'
                           AND d.channel <> %(channel)s
                     ),
                     ok AS (
-                        SELECT cand.id FROM cand {_policy_joins()}
+                        SELECT cand.id FROM cand {joins_sql()}
                         LEFT JOIN recent ON recent.customer_id = cand.customer_id
-                        WHERE {_policy_reason()} IS NULL
+                        WHERE {reason_sql(cap_counts="recent.sent")} IS NULL
                     )
                     UPDATE campaigns_delivery d SET channel = %(channel)s, routed_by = 'winner'
                     FROM ok WHERE d.id = ok.id
                     """,
-                    {**_policy_params(now), "channel": channel, "campaign": locked.pk},
+                    {**PolicySettings.current().params(), "now": now, "channel": channel, "campaign": locked.pk,
+                     "held": HELD},
                 )
-            cursor.execute(
-                """
-                UPDATE campaigns_delivery SET status = 'planned', variant_id = %s, updated_at = %s
-                WHERE campaign_id = %s AND status = 'held'
-                """,
-                [variant_id, now, locked.pk],
-            )
-            released = cursor.rowcount
+        released = deliveries_transition(
+            to=PLANNED, only_from=[HELD], now=now,
+            source="SELECT id FROM campaigns_delivery WHERE campaign_id = %(campaign)s",
+            sets={"variant_id": "%(variant)s"}, params={"campaign": locked.pk, "variant": variant_id},
+        ).changed
         locked.winner_variant_id = variant_id
         locked.winner_channel = channel
         locked.winner_decided_at = now
@@ -260,33 +254,9 @@ def campaign_send_remainder(*, campaign: Campaign, actor: str, variant_id: int |
         locked.save(update_fields=["winner_variant", "winner_channel", "winner_decided_at", "status", "updated_at"])
         audit(actor=actor, action="campaign.winner_sent", object_type="campaign", object_id=locked.pk,
               details={"variant": variants[variant_id].key, "channel": channel, "released": released})
-        outbox.publish_after_commit([(locked.pk, 0, released)])
+        publish_after_commit([(locked.pk, 0, released)])
         transaction.on_commit(dispatch_soon, robust=True)
     return locked
-
-
-def _policy_ctes() -> str:
-    from ..policy import RECENT_SQL, ZONES_SQL
-
-    return f"{ZONES_SQL}, {RECENT_SQL}"
-
-
-def _policy_joins() -> str:
-    from ..policy import joins_sql
-
-    return joins_sql()
-
-
-def _policy_reason() -> str:
-    from ..policy import reason_sql
-
-    return reason_sql(cap_counts="recent.sent")
-
-
-def _policy_params(now: datetime) -> dict:
-    from ..policy import PolicySettings
-
-    return {**PolicySettings.current().params(), "now": now}
 
 
 # --- The minute tick: start scheduled campaigns, finish done ones, pick due winners --------------
@@ -304,16 +274,17 @@ def campaigns_tick(*, now: datetime | None = None) -> dict:
                 started.append(pk)
     for campaign in Campaign.objects.filter(status__in=[Campaign.Status.SENDING, Campaign.Status.TESTING]):
         open_rows = set(
-            campaign.deliveries.filter(status__in=["planned", "sending", "held"]).values_list("status", flat=True).distinct()
+            campaign.deliveries.filter(status__in=[PLANNED, DeliveryStatus.SENDING, HELD])
+            .values_list("status", flat=True).distinct()
         )
         if not open_rows:
             with transaction.atomic():
                 Campaign.objects.filter(pk=campaign.pk, status=campaign.status).update(
                     status=Campaign.Status.COMPLETED, completed_at=now, updated_at=now
                 )
-                outbox.publish_after_commit([(campaign.pk, 0, 1)])
+                publish_after_commit([(campaign.pk, 0, 1)])
             finished.append(campaign.pk)
-        elif open_rows == {"held"}:
+        elif open_rows == {HELD}:
             if campaign.status == Campaign.Status.SENDING:
                 Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.SENDING).update(
                     status=Campaign.Status.TESTING, updated_at=now

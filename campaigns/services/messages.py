@@ -14,10 +14,10 @@ from core.errors import FieldError, InputError
 from customers.models import Customer, Topic
 
 from ..dispatch import dispatch_soon
-from ..models import Delivery
-from ..outbox import run_transitions, transitions_sql
+from ..models import Delivery, DeliveryStatus
 from ..personalisation import TemplateProblem, compile_content
 from ..policy import decide
+from ..transitions import deliveries_transition
 
 
 @dataclass
@@ -48,22 +48,19 @@ def message_send(
     now = timezone.now()
     (decision,) = decide(customer_id=customer.pk, topic_id=topic.pk, channels=[channel], at=now)
     with transaction.atomic():
+        # Written planned, like every delivery, then moved by the policy's decision through
+        # the one transitions path, which writes the suppression's timeline event and counter.
         delivery = Delivery.objects.create(
             customer=customer, topic=topic, channel=channel, payload={channel: content},
-            status="suppressed" if decision.action == "suppress" else "planned", reason=decision.reason,
+            status=DeliveryStatus.PLANNED, reason=decision.reason,
             due_at=decision.until or now, idempotency_key=idempotency_key, routed_by="api",
         )
         if decision.action == "suppress":
-            run_transitions(
-                transitions_sql(
-                    """
-                    SELECT d.id, d.customer_id, d.campaign_id, d.journey_id, d.channel, d.variant_id,
-                           'suppressed.' || d.reason AS metric, %(now)s::timestamptz AS at, d.reason
-                    FROM campaigns_delivery d WHERE d.id = %(id)s
-                    """
-                ),
-                {"now": now, "id": delivery.pk},
+            deliveries_transition(
+                to=DeliveryStatus.SUPPRESSED, only_from=[DeliveryStatus.PLANNED], now=now, reason="d.reason",
+                source="SELECT %(id)s::bigint AS id", params={"id": delivery.pk},
             )
+            delivery.status = DeliveryStatus.SUPPRESSED
         audit(actor=actor, action="message.requested", object_type="customer", object_id=customer.pk,
               details={"delivery_id": delivery.pk, "channel": channel, "topic": topic.key, "decision": decision.action})
         if decision.action == "send":
