@@ -50,7 +50,7 @@ FIELD_PATHS = {
     "test_channels": "test.channels",
     "variant_id": "variant",
 }
-COUNTS = queries.FUNNEL + queries.OUTCOMES + ("suppressed",)
+COUNTS = queries.FUNNEL + queries.OUTCOMES + (queries.SUPPRESSED,)
 
 
 def _campaign(campaign_id: int) -> Campaign:

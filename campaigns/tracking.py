@@ -33,9 +33,10 @@ from customers.services.preferences import subscriptions_change
 
 from . import links, preference_links
 from .forms import PreferencesLinkForm
-from .models import Delivery, Link
+from .models import Delivery, DeliveryStatus, Link
 from .providers import DeliveryEvent
 from .services.delivery_events import delivery_events_apply, engagement_record
+from .transitions import MILESTONES
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def _invalid(request) -> HttpResponse:
 
 # --- Open pixel and click redirect --------------------------------------------------------------
 
-ENGAGEMENT_COLUMNS = {"opened": "opened_at", "clicked": "clicked_at"}
+ENGAGEMENT_COLUMNS = {kind: MILESTONES[kind] for kind in (DeliveryStatus.OPENED, DeliveryStatus.CLICKED)}
 
 
 def _engagement_record(delivery_id: int, kind: str, *, url: str = "") -> None:
@@ -122,7 +123,7 @@ def open_pixel(request, token: str):
     # HEAD is a proxy or a scanner checking the image, not someone reading the message.
     if ids is not None and request.method == "GET":
         try:
-            _engagement_record(ids[0], "opened")
+            _engagement_record(ids[0], DeliveryStatus.OPENED)
         except Exception:
             # A lost open is better than a broken image in someone's inbox.
             logger.exception("could not record the open of delivery %s", ids[0])
@@ -144,7 +145,7 @@ def click(request, token: str):
         return _invalid(request)
     if request.method == "GET":
         try:
-            _engagement_record(delivery_id, "clicked", url=url)
+            _engagement_record(delivery_id, DeliveryStatus.CLICKED, url=url)
         except Exception:
             # The reader still gets where they were going; the click is logged as lost.
             logger.exception("could not record the click of delivery %s", delivery_id)
@@ -219,7 +220,7 @@ def _unsubscribe_apply(delivery: Delivery, *, one_click: bool) -> None:
             reason=f"unsubscribed {how} (delivery {delivery.pk})",
         )
         delivery_events_apply(
-            events=[DeliveryEvent("unsubscribed", timezone.now(), delivery_id=delivery.pk, reason=source)]
+            events=[DeliveryEvent(DeliveryStatus.UNSUBSCRIBED, timezone.now(), delivery_id=delivery.pk, reason=source)]
         )
 
 

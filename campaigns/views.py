@@ -27,7 +27,7 @@ from core.errors import InputError
 from . import outbox, queries
 from .forms import CONTENT_INPUTS, PERSONALISATION, CampaignForm, OutboxFilterForm, initial_from, preview_content
 from .links import absolute
-from .models import Campaign, SuppressionReason
+from .models import Campaign, DeliveryStatus, SuppressionReason
 from .personalisation import SAMPLE_CUSTOMER
 from .services import compose, lifecycle
 from .sms import sms_length
@@ -42,23 +42,30 @@ CAMPAIGNS_PER_PAGE = 50
 DELIVERIES_PER_PAGE = 50
 OUTBOX_PER_PAGE = 50
 CHANNEL_LABELS = dict(ChannelKind.choices)
-FUNNEL = ("planned", "sent", "delivered", "opened", "clicked", "converted")
+DELIVERED, OPENED, CLICKED, CONVERTED = (
+    DeliveryStatus.DELIVERED, DeliveryStatus.OPENED, DeliveryStatus.CLICKED, DeliveryStatus.CONVERTED
+)
 # Engagement a channel can report at all: an SMS or a call is never "opened".
 TRACKED = {
-    "email": {"delivered", "opened", "clicked", "converted"},
-    "sms": {"delivered", "clicked", "converted"},
-    "whatsapp": {"delivered", "opened", "clicked", "converted"},
-    "voice": {"delivered", "converted"},
-    "push": {"delivered", "opened", "clicked", "converted"},
+    "email": {DELIVERED, OPENED, CLICKED, CONVERTED},
+    "sms": {DELIVERED, CLICKED, CONVERTED},
+    "whatsapp": {DELIVERED, OPENED, CLICKED, CONVERTED},
+    "voice": {DELIVERED, CONVERTED},
+    "push": {DELIVERED, OPENED, CLICKED, CONVERTED},
 }
+# Counts shown as they are, not as a share of what was sent.
+UNRATED = {DeliveryStatus.PLANNED, DeliveryStatus.SENT}
 STATUS_TONE = {
-    "draft": "neutral", "scheduled": "warn", "sending": "live", "testing": "live",
-    "paused": "warn", "completed": "ok", "cancelled": "bad",
+    Campaign.Status.DRAFT: "neutral", Campaign.Status.SCHEDULED: "warn", Campaign.Status.SENDING: "live",
+    Campaign.Status.TESTING: "live", Campaign.Status.PAUSED: "warn", Campaign.Status.COMPLETED: "ok",
+    Campaign.Status.CANCELLED: "bad",
 }
 DELIVERY_TONE = {
-    "planned": "neutral", "held": "neutral", "sending": "live", "sent": "live", "delivered": "live",
-    "opened": "ok", "clicked": "ok", "converted": "ok", "suppressed": "muted", "cancelled": "muted",
-    "failed": "bad", "bounced": "bad", "complained": "bad", "unsubscribed": "bad",
+    DeliveryStatus.PLANNED: "neutral", DeliveryStatus.HELD: "neutral", DeliveryStatus.SENDING: "live",
+    DeliveryStatus.SENT: "live", DeliveryStatus.DELIVERED: "live", DeliveryStatus.OPENED: "ok",
+    DeliveryStatus.CLICKED: "ok", DeliveryStatus.CONVERTED: "ok", DeliveryStatus.SUPPRESSED: "muted",
+    DeliveryStatus.CANCELLED: "muted", DeliveryStatus.FAILED: "bad", DeliveryStatus.BOUNCED: "bad",
+    DeliveryStatus.COMPLAINED: "bad", DeliveryStatus.UNSUBSCRIBED: "bad",
 }
 
 
@@ -107,21 +114,23 @@ class Progress:
 def _progress(results: queries.Results) -> Progress:
     totals = results.totals
     return Progress(
-        planned=totals["planned"], sent=totals["sent"], failed=totals["failed"] + totals["bounced"],
-        suppressed=totals["suppressed"], cancelled=totals["cancelled"],
+        planned=totals[DeliveryStatus.PLANNED], sent=totals[DeliveryStatus.SENT],
+        failed=totals[DeliveryStatus.FAILED] + totals[DeliveryStatus.BOUNCED],
+        suppressed=totals[DeliveryStatus.SUPPRESSED], cancelled=totals[DeliveryStatus.CANCELLED],
     )
 
 
 def _funnel_row(label: str, counts, *, channel: str = "", key: str = "", goal: bool = True) -> dict:
-    sent = counts.get("sent", 0)
-    tracked = TRACKED.get(channel, set(FUNNEL)) - (set() if goal else {"converted"})
+    sent = counts.get(DeliveryStatus.SENT, 0)
+    tracked = TRACKED.get(channel, set(queries.FUNNEL)) - (set() if goal else {CONVERTED})
     cells = []
-    for metric in FUNNEL:
+    for metric in queries.FUNNEL:
         value = counts.get(metric, 0)
-        rate = _pct(value, sent) if metric not in ("planned", "sent") else None
-        cells.append({"metric": metric, "value": value, "rate": rate, "tracked": metric in tracked or metric in ("planned", "sent")})
+        rate = _pct(value, sent) if metric not in UNRATED else None
+        cells.append({"metric": metric, "value": value, "rate": rate, "tracked": metric in tracked or metric in UNRATED})
     return {"label": label, "channel": channel, "key": key, "cells": cells,
-            "failed": counts.get("failed", 0) + counts.get("bounced", 0), "suppressed": counts.get("suppressed", 0)}
+            "failed": counts.get(DeliveryStatus.FAILED, 0) + counts.get(DeliveryStatus.BOUNCED, 0),
+            "suppressed": counts.get(DeliveryStatus.SUPPRESSED, 0)}
 
 
 def _reason_words(reason: str, labels: dict) -> str:
@@ -217,8 +226,9 @@ def campaign_list(request):
     for campaign in campaigns:
         result = results[campaign.pk]
         rows.append(CampaignRow(
-            campaign, _progress(result), _pct(result.totals["opened"], result.totals["sent"]),
-            _pct(result.totals["clicked"], result.totals["sent"]), STATUS_TONE.get(campaign.status, "neutral"),
+            campaign, _progress(result), _pct(result.totals[OPENED], result.totals[DeliveryStatus.SENT]),
+            _pct(result.totals[CLICKED], result.totals[DeliveryStatus.SENT]),
+            STATUS_TONE.get(campaign.status, "neutral"),
         ))
     return render(request, LIST_TEMPLATE, {"rows": rows, "page": page})
 
