@@ -190,15 +190,16 @@ def create_audience(database_url: str) -> tuple[int, int]:
 
 
 def launch(segment_id: int, name: str, text: str) -> int:
-    from campaigns import services
+    from campaigns.services.compose import CampaignInput, VariantInput, campaign_create
+    from campaigns.services.lifecycle import campaign_launch
 
-    data = services.CampaignInput(
+    data = CampaignInput(
         name=name, topic="bench-news", channels=["sms"], segment_ids=[segment_id],
-        variants=[services.VariantInput(key="A", content={"sms": {"body": text}})],
+        variants=[VariantInput(key="A", content={"sms": {"body": text}})],
     )
-    campaign = services.campaign_create(data=data, actor="bench")
+    campaign = campaign_create(data=data, actor="bench")
     started = time.perf_counter()
-    services.campaign_launch(campaign=campaign, actor="bench")
+    campaign_launch(campaign=campaign, actor="bench")
     common.log(f"launched '{name}': {MESSAGES:,} deliveries planned in {time.perf_counter() - started:.1f} s")
     return campaign.pk
 

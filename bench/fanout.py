@@ -6,7 +6,7 @@
    second topic, bounced (~1%), complained and STOP-ed addresses, consent revocations
    (~1% per channel) next to recorded grants, and a static segment holding everyone.
 2. For each strategy ("all", then "preferred"), times in two rounds, alternating the order:
-   - ours: ``campaigns.services.campaign_launch`` of a campaign made by ``campaign_create``
+   - ours: ``campaigns.services.lifecycle.campaign_launch`` of a campaign made by ``campaign_create``
      (email and SMS), the whole call: its snapshot is one INSERT … SELECT with routing,
      the send policy and the counters;
    - hand-written: one plain INSERT … SELECT, written for this campaign, that writes the
@@ -195,14 +195,14 @@ def profile_counts(conninfo: str, topic_id: int) -> str:
 
 
 def make_campaign(segment, strategy: str, label: str):
-    from campaigns import services
+    from campaigns.services.compose import CampaignInput, VariantInput, campaign_create
 
-    data = services.CampaignInput(
+    data = CampaignInput(
         name=f"Spring sale ({strategy}, {label})", topic="marketing", channels=list(CHANNELS),
         segment_ids=[segment.pk], strategy=strategy,
-        variants=[services.VariantInput(key="A", content={c: CONTENT[c] for c in CHANNELS})],
+        variants=[VariantInput(key="A", content={c: CONTENT[c] for c in CHANNELS})],
     )
-    return services.campaign_create(data=data, actor="bench")
+    return campaign_create(data=data, actor="bench")
 
 
 def prepare(conninfo: str) -> None:
@@ -217,11 +217,11 @@ def prepare(conninfo: str) -> None:
 
 
 def run_ours(segment, strategy: str, label: str) -> tuple[float, object]:
-    from campaigns import services
+    from campaigns.services.lifecycle import campaign_launch
 
     campaign = make_campaign(segment, strategy, label)
     started = time.perf_counter()
-    launched = services.campaign_launch(campaign=campaign, actor="bench")
+    launched = campaign_launch(campaign=campaign, actor="bench")
     return time.perf_counter() - started, launched
 
 

@@ -148,7 +148,9 @@ def generate(conninfo: str, customers: int) -> None:
 
 def sent_campaign(conninfo: str) -> tuple[int, list[int]]:
     """An email campaign to everyone, launched and dispatched through the sandbox; its sent delivery ids."""
-    from campaigns import dispatch, services
+    from campaigns import dispatch
+    from campaigns.services.compose import CampaignInput, VariantInput, campaign_create
+    from campaigns.services.lifecycle import campaign_launch
     from segments.services import segment_create
 
     segment = segment_create(name="Everyone", static=True, actor="bench")
@@ -158,15 +160,15 @@ def sent_campaign(conninfo: str) -> tuple[int, list[int]]:
             "SELECT %s, id, now() FROM customers_customer", [segment.pk],
         ).rowcount
         conn.execute("UPDATE segments_segment SET member_count = %s WHERE id = %s", [size, segment.pk])
-    campaign = services.campaign_create(
-        data=services.CampaignInput(
+    campaign = campaign_create(
+        data=CampaignInput(
             name="Spring sale", topic="newsletter", channels=["email"], segment_ids=[segment.pk], strategy="all",
-            variants=[services.VariantInput(key="A", content={"email": CONTENT})],
+            variants=[VariantInput(key="A", content={"email": CONTENT})],
         ),
         actor="bench",
     )
     started = time.perf_counter()
-    services.campaign_launch(campaign=campaign, actor="bench")
+    campaign_launch(campaign=campaign, actor="bench")
     launched = time.perf_counter() - started
     started = time.perf_counter()
     totals = dispatch.dispatch(budget_seconds=900)
@@ -181,9 +183,9 @@ def sent_campaign(conninfo: str) -> tuple[int, list[int]]:
 
 
 def pixel_paths(delivery_ids: list[int]) -> list[str]:
-    from campaigns import render
+    from campaigns import links
 
-    return [urlsplit(render.open_url(pk)).path for pk in delivery_ids]
+    return [urlsplit(links.open_url(pk)).path for pk in delivery_ids]
 
 
 def marketer_sessions(count: int) -> list[str]:

@@ -18,8 +18,10 @@ from customers.schemas import error_responses
 from core.errors import FieldError, InputError
 from customers.services.preferences import unknown_topic_message
 
-from . import queries, render, services
+from . import queries
 from .models import Campaign, Delivery, DeliveryStatus
+from .personalisation import TemplateProblem, compile_content
+from .services import compose, lifecycle, messages
 from .schemas import (
     CampaignIn,
     CampaignListOut,
@@ -48,7 +50,7 @@ FIELD_PATHS = {
     "test_channels": "test.channels",
     "variant_id": "variant",
 }
-COUNTS = queries.FUNNEL + queries.OUTCOMES + ("suppressed",)
+COUNTS = queries.FUNNEL + queries.OUTCOMES + (queries.SUPPRESSED,)
 
 
 def _campaign(campaign_id: int) -> Campaign:
@@ -87,14 +89,14 @@ def _is_conflict(exc: InputError) -> bool:
 # --- Composing --------------------------------------------------------------------------------
 
 
-def _input(payload: CampaignIn) -> services.CampaignInput:
+def _input(payload: CampaignIn) -> compose.CampaignInput:
     if payload.variants is not None:
         variants = [
-            services.VariantInput(key=v.key, weight=v.weight, name=v.name, content=v.content.by_channel())
+            compose.VariantInput(key=v.key, weight=v.weight, name=v.name, content=v.content.by_channel())
             for v in payload.variants
         ]
     elif payload.content is not None:
-        variants = [services.VariantInput(key="A", content=payload.content.by_channel())]
+        variants = [compose.VariantInput(key="A", content=payload.content.by_channel())]
     else:
         variants = []
     schedule = Campaign.Schedule.NOW
@@ -103,7 +105,7 @@ def _input(payload: CampaignIn) -> services.CampaignInput:
         schedule, send_at = Campaign.Schedule.AT, payload.schedule.at
     elif payload.schedule and payload.schedule.local:
         schedule, send_at_local = Campaign.Schedule.LOCAL, datetime.fromisoformat(payload.schedule.local)
-    data = services.CampaignInput(
+    data = compose.CampaignInput(
         name=payload.name,
         topic=payload.topic,
         channels=[str(channel) for channel in payload.channels],
@@ -197,7 +199,7 @@ def _summary(campaign: Campaign) -> dict:
 )
 def campaign_create(request, payload: CampaignIn):
     try:
-        campaign = services.campaign_create(data=_input(payload), actor=api_actor(request))
+        campaign = compose.campaign_create(data=_input(payload), actor=api_actor(request))
     except InputError as exc:
         raise _api_error(exc, single_variant_list=payload.variants is not None and len(payload.variants) == 1) from None
     return Status(201, _summary(_campaign(campaign.pk)))
@@ -326,19 +328,19 @@ def _transition(request, campaign_id: int, action):
     description="Snapshots the audience and starts sending, or schedules the snapshot for the campaign's start time.",
 )
 def campaign_launch(request, campaign_id: int):
-    return _transition(request, campaign_id, services.campaign_launch)
+    return _transition(request, campaign_id, lifecycle.campaign_launch)
 
 
 @router.post("/campaigns/{int:campaign_id}/pause", response={200: CampaignOut, **TRANSITION_ERRORS},
              summary="Pause sending")
 def campaign_pause(request, campaign_id: int):
-    return _transition(request, campaign_id, services.campaign_pause)
+    return _transition(request, campaign_id, lifecycle.campaign_pause)
 
 
 @router.post("/campaigns/{int:campaign_id}/resume", response={200: CampaignOut, **TRANSITION_ERRORS},
              summary="Resume a paused campaign")
 def campaign_resume(request, campaign_id: int):
-    return _transition(request, campaign_id, services.campaign_resume)
+    return _transition(request, campaign_id, lifecycle.campaign_resume)
 
 
 @router.post(
@@ -348,7 +350,7 @@ def campaign_resume(request, campaign_id: int):
     description="Whatever is not yet sent is cancelled; messages already handed to a provider stay sent.",
 )
 def campaign_cancel(request, campaign_id: int):
-    return _transition(request, campaign_id, services.campaign_cancel)
+    return _transition(request, campaign_id, lifecycle.campaign_cancel)
 
 
 @router.post(
@@ -373,7 +375,7 @@ def campaign_send_remainder(request, campaign_id: int, payload: SendRemainderIn 
                 raise InputError([FieldError("variant", message)])
         channel = str(payload.channel) if payload.channel else None
     try:
-        services.campaign_send_remainder(
+        lifecycle.campaign_send_remainder(
             campaign=campaign, actor=api_actor(request), variant_id=variant_id, channel=channel
         )
     except InputError as exc:
@@ -419,20 +421,20 @@ def message_send(request, payload: MessageIn):
         errors.append(FieldError("topic", unknown_topic_message(payload.topic)))
     channel = str(payload.channel)
     try:
-        render.compile_content(channel, payload.content)
-    except render.TemplateProblem as problem:
+        compile_content(channel, payload.content)
+    except TemplateProblem as problem:
         errors.append(FieldError(f"content.{problem.field}", problem.message))
     if errors:
         raise InputError(errors)
     send = dict(customer=customer, topic=topic, channel=channel, content=payload.content, actor=api_actor(request),
                 idempotency_key=payload.idempotency_key)
     try:
-        result = services.message_send(**send)
+        result = messages.message_send(**send)
     except IntegrityError:
         if not payload.idempotency_key:
             raise
         # A concurrent request with the same key won the race: answer with its delivery.
-        result = services.message_send(**send)
+        result = messages.message_send(**send)
     delivery = result.delivery
     same_message = (delivery.customer_id, delivery.topic_id, delivery.channel) == (customer.pk, topic.pk, channel)
     if result.duplicate and not same_message:

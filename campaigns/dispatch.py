@@ -32,9 +32,9 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from . import render
-from .models import SuppressionReason
-from .outbox import run_transitions, transitions_sql
+from .links import email_finish, links_in, links_store, message_links
+from .models import Campaign, DeliveryStatus, SuppressionReason
+from .personalisation import TemplateProblem, compile_content, customer_context, with_opt_out
 from .policy import (
     CAP_LOCK_SQL,
     RECENT_SQL,
@@ -46,14 +46,30 @@ from .policy import (
     reason_sql,
 )
 from .providers import OutgoingMessage, SendResult, provider_for
+from .transitions import deliveries_transition
 
 logger = logging.getLogger(__name__)
 
-CHANGED_COLUMNS = "d.id, d.customer_id, d.campaign_id, d.journey_id, d.channel, d.variant_id"
+SENDING, PLANNED = DeliveryStatus.SENDING, DeliveryStatus.PLANNED
+# What a claim changes besides the status: the lease, and the attempt it starts.
+CLAIM_SETS = {"lease_until": "%(lease)s", "attempts": "d.attempts + 1"}
 
 
 def _lease() -> timedelta:
     return timedelta(seconds=settings.DELIVERY_LEASE_SECONDS)
+
+
+def _rows(columns: str) -> str:
+    """A transition source reading the ``rows`` parameter: a JSON array of objects."""
+    return f"SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS r({columns})"
+
+
+def dispatch_soon() -> None:
+    """Ask the workers to send now rather than at the next minute's sweep."""
+    from django_q.tasks import async_task
+
+    for _ in range(max(1, settings.Q_CLUSTER.get("workers", 1))):
+        async_task("campaigns.tasks.dispatch", task_name="dispatch", group="dispatch")
 
 
 # --- Claiming ----------------------------------------------------------------------------------
@@ -71,6 +87,7 @@ def claim(*, limit: int, now: datetime) -> list[int]:
 def _claim(*, limit: int, now: datetime) -> tuple[int, list[int]]:
     """:func:`claim`, also returning how many were claimed (re-checked away or not)."""
     lease_until = now + _lease()
+    active = [Campaign.Status.SENDING, Campaign.Status.TESTING]
     ids: list[int] = []
     with transaction.atomic(), connection.cursor() as cursor:
         # Throttled campaigns first, each within what is left of its per-minute allowance.
@@ -78,47 +95,37 @@ def _claim(*, limit: int, now: datetime) -> tuple[int, list[int]]:
             """
             SELECT c.id, c.throttle_per_minute - (
                 SELECT count(*) FROM campaigns_delivery d
-                WHERE d.campaign_id = c.id AND (d.sent_at > %s - interval '1 minute' OR d.status = 'sending'))
+                WHERE d.campaign_id = c.id AND (d.sent_at > %(now)s - interval '1 minute' OR d.status = %(sending)s))
             FROM campaigns_campaign c
-            WHERE c.status IN ('sending', 'testing') AND c.throttle_per_minute IS NOT NULL
+            WHERE c.status = ANY(%(active)s) AND c.throttle_per_minute IS NOT NULL
             """,
-            [now],
+            {"now": now, "sending": SENDING, "active": active},
         )
         allowances = [(campaign_id, left) for campaign_id, left in cursor.fetchall() if left > 0]
         for campaign_id, left in allowances:
             if len(ids) >= limit:
                 break
-            cursor.execute(
-                """
-                UPDATE campaigns_delivery d SET status = 'sending', lease_until = %s, attempts = d.attempts + 1,
-                       updated_at = %s
-                WHERE d.id IN (
+            ids += deliveries_transition(
+                to=SENDING, only_from=[PLANNED], sets=CLAIM_SETS, now=now, return_ids=True,
+                source="""
                     SELECT id FROM campaigns_delivery
-                    WHERE status = 'planned' AND due_at <= %s AND campaign_id = %s
-                    ORDER BY due_at LIMIT %s FOR UPDATE SKIP LOCKED)
-                RETURNING d.id
-                """,
-                [lease_until, now, now, campaign_id, min(left, limit - len(ids))],
-            )
-            ids += [row[0] for row in cursor.fetchall()]
+                    WHERE status = %(planned)s AND due_at <= %(now)s AND campaign_id = %(campaign)s
+                    ORDER BY due_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
+                params={"lease": lease_until, "planned": PLANNED, "campaign": campaign_id,
+                        "limit": min(left, limit - len(ids))},
+            ).ids
         if len(ids) < limit:
-            cursor.execute(
-                """
-                UPDATE campaigns_delivery d SET status = 'sending', lease_until = %(lease)s,
-                       attempts = d.attempts + 1, updated_at = %(now)s
-                WHERE d.id IN (
+            ids += deliveries_transition(
+                to=SENDING, only_from=[PLANNED], sets=CLAIM_SETS, now=now, return_ids=True,
+                source="""
                     SELECT q.id FROM campaigns_delivery q
                     LEFT JOIN campaigns_campaign c ON c.id = q.campaign_id
-                    WHERE q.status = 'planned' AND q.due_at <= %(now)s
-                      AND (q.campaign_id IS NULL
-                           OR (c.status IN ('sending', 'testing') AND c.throttle_per_minute IS NULL))
+                    WHERE q.status = %(planned)s AND q.due_at <= %(now)s
+                      AND (q.campaign_id IS NULL OR (c.status = ANY(%(active)s) AND c.throttle_per_minute IS NULL))
                     ORDER BY q.due_at LIMIT %(limit)s
-                    FOR UPDATE OF q SKIP LOCKED)
-                RETURNING d.id
-                """,
-                {"lease": lease_until, "now": now, "limit": limit - len(ids)},
-            )
-            ids += [row[0] for row in cursor.fetchall()]
+                    FOR UPDATE OF q SKIP LOCKED""",
+                params={"lease": lease_until, "planned": PLANNED, "active": active, "limit": limit - len(ids)},
+            ).ids
         return len(ids), recheck(ids, now=now)
 
 
@@ -127,19 +134,19 @@ def claim_expired(*, limit: int, now: datetime) -> list[int]:
 
     Re-checked like :func:`claim`; returns the ids still to send.
     """
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            """
-            UPDATE campaigns_delivery d SET lease_until = %(lease)s
-            WHERE d.id IN (
+    with transaction.atomic():
+        # Still sending, so no status change: the takeover renews the lease and keeps
+        # updated_at, the moment of the claim that provider lookups search from.
+        taken = deliveries_transition(
+            to=SENDING, only_from=[SENDING], sets={"lease_until": "%(lease)s"}, touch=False, now=now,
+            return_ids=True,
+            source="""
                 SELECT id FROM campaigns_delivery
-                WHERE status = 'sending' AND lease_until < %(now)s
-                ORDER BY lease_until LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-            RETURNING d.id
-            """,
-            {"lease": now + _lease(), "now": now, "limit": limit},
+                WHERE status = %(sending)s AND lease_until < %(now)s
+                ORDER BY lease_until LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
+            params={"lease": now + _lease(), "sending": SENDING, "limit": limit},
         )
-        return recheck([row[0] for row in cursor.fetchall()], now=now)
+        return recheck(taken.ids, now=now)
 
 
 # --- The policy, again, just before sending ---------------------------------------------------
@@ -156,13 +163,13 @@ def recheck(ids: list[int], *, now: datetime) -> list[int]:
     """
     if not ids:
         return []
-    params = {**PolicySettings.current().params(), "now": now, "ids": ids, "rechecking": ids}
+    params = {**PolicySettings.current().params(), "now": now, "ids": ids, "rechecking": ids, "sending": SENDING}
     judged = f"""
         WITH {ZONES_SQL}, {RECENT_SQL},
         cand AS (
             SELECT d.id, d.customer_id, d.channel, d.topic_id,
                    row_number() OVER (PARTITION BY d.customer_id ORDER BY d.id) - 1 AS earlier
-            FROM campaigns_delivery d WHERE d.id = ANY(%(ids)s) AND d.status = 'sending'
+            FROM campaigns_delivery d WHERE d.id = ANY(%(ids)s) AND d.status = %(sending)s
         )
         SELECT cand.id, {reason_sql(cap_counts="(coalesce(recent.sent, 0) + cand.earlier)")} AS reason,
                CASE WHEN t.is_transactional THEN %(now)s ELSE {defer_sql("%(now)s", local_zone_sql())} END AS due
@@ -174,25 +181,16 @@ def recheck(ids: list[int], *, now: datetime) -> list[int]:
         cursor.execute("CREATE TEMP TABLE IF NOT EXISTS dispatch_judged (id bigint, reason text, due timestamptz)")
         cursor.execute("TRUNCATE dispatch_judged")
         cursor.execute(f"INSERT INTO dispatch_judged {judged}", params)
-        cursor.execute(
-            """
-            UPDATE campaigns_delivery d SET status = 'planned', due_at = j.due, lease_until = NULL,
-                   attempts = d.attempts - 1, updated_at = %s
-            FROM dispatch_judged j WHERE d.id = j.id AND j.reason IS NULL AND j.due > %s AND d.status = 'sending'
-            """,
-            [now, now],
+        # Quiet hours: back to the queue until they end, as if never claimed.
+        deliveries_transition(
+            to=PLANNED, only_from=[SENDING], now=now,
+            source="SELECT id, due FROM dispatch_judged WHERE reason IS NULL AND due > %(now)s",
+            sets={"due_at": "src.due", "lease_until": "NULL", "attempts": "d.attempts - 1"},
         )
-        run_transitions(
-            transitions_sql(
-                f"""
-                UPDATE campaigns_delivery d SET status = 'suppressed', reason = j.reason, lease_until = NULL,
-                       updated_at = %(now)s
-                FROM dispatch_judged j WHERE d.id = j.id AND j.reason IS NOT NULL AND d.status = 'sending'
-                RETURNING {CHANGED_COLUMNS}, 'suppressed.' || j.reason AS metric, %(now)s::timestamptz AS at,
-                          j.reason AS reason
-                """
-            ),
-            {"now": now},
+        deliveries_transition(
+            to=DeliveryStatus.SUPPRESSED, only_from=[SENDING], now=now, reason="src.reason",
+            source="SELECT id, reason FROM dispatch_judged WHERE reason IS NOT NULL",
+            sets={"reason": "src.reason", "lease_until": "NULL"},
         )
         cursor.execute("SELECT id FROM dispatch_judged WHERE reason IS NULL AND due <= %s ORDER BY id", [now])
         return [row[0] for row in cursor.fetchall()]
@@ -258,23 +256,23 @@ def build(ids: list[int]) -> tuple[list[OutgoingMessage], list[SendResult | Rend
         marketing = not transactional
         try:
             if body is None:
-                raise render.TemplateProblem("content", f"no {channel} content")
+                raise TemplateProblem("content", f"no {channel} content")
             if key not in compiled:
                 try:
-                    compiled[key] = render.compile_content(channel, body)
-                except render.TemplateProblem as problem:
+                    compiled[key] = compile_content(channel, body)
+                except TemplateProblem as problem:
                     compiled[key] = problem  # the same answer for the rest of the batch
-            if isinstance(compiled[key], render.TemplateProblem):
+            if isinstance(compiled[key], TemplateProblem):
                 raise compiled[key]
-            links = render.message_links(delivery_id=delivery_id, customer_id=customer_id, lazy=channel != "email")
+            links = message_links(delivery_id=delivery_id, customer_id=customer_id, lazy=channel != "email")
             customer = {
                 "id": customer_id, "external_id": external_id, "email": email, "phone": phone,
                 "first_name": first_name, "last_name": last_name, "locale": locale, "timezone": tz_name,
                 "lifecycle_stage": stage, "attributes": attributes,
             }
-            content = compiled[key].render(render.customer_context(customer, links=links))
-            content = render.with_opt_out(channel, content, marketing=marketing)
-        except render.TemplateProblem as problem:
+            content = compiled[key].render(customer_context(customer, links=links))
+            content = with_opt_out(channel, content, marketing=marketing)
+        except TemplateProblem as problem:
             failures.append(RenderFailure(delivery_id, f"{channel} {problem}"))
             continue
         to = {"email": email, "push": str(customer_id)}.get(channel, phone)
@@ -290,10 +288,10 @@ def build(ids: list[int]) -> tuple[list[OutgoingMessage], list[SendResult | Rend
             continue
         messages.append(message)
     if pending_email:
-        urls = {url for message, _ in pending_email for url in render.links_in(message.content.get("html", ""))}
-        link_ids = render.links_store(urls)
+        urls = {url for message, _ in pending_email for url in links_in(message.content.get("html", ""))}
+        link_ids = links_store(urls)
         for message, links in pending_email:
-            message.content = render.email_finish(
+            message.content = email_finish(
                 message.content, delivery_id=message.delivery_id, link_ids=link_ids, links=links,
                 marketing=message.marketing,
             )
@@ -340,56 +338,30 @@ def record(results: list[SendResult | RenderFailure], *, provider_names: dict[in
     dead = sorted({device for r in results for device in r.dead_devices})
     with transaction.atomic():
         if sent:
-            run_transitions(
-                transitions_sql(
-                    f"""
-                    UPDATE campaigns_delivery d SET status = 'sent', sent_at = %(now)s, provider = r.provider,
-                           provider_message_id = r.pid, lease_until = NULL, reason = '', updated_at = %(now)s
-                    FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(id bigint, provider text, pid text)
-                    WHERE d.id = r.id AND d.status = 'sending'
-                    RETURNING {CHANGED_COLUMNS}, 'sent'::text AS metric, %(now)s::timestamptz AS at, ''::text AS reason
-                    """
-                ),
-                {"now": now, "rows": json.dumps(sent)},
+            deliveries_transition(
+                to=DeliveryStatus.SENT, only_from=[SENDING], now=now, params={"rows": json.dumps(sent)},
+                source=_rows("id bigint, provider text, pid text"),
+                sets={"sent_at": "%(now)s", "provider": "src.provider", "provider_message_id": "src.pid",
+                      "lease_until": "NULL", "reason": "''"},
             )
         if failed:
-            run_transitions(
-                transitions_sql(
-                    f"""
-                    UPDATE campaigns_delivery d SET status = 'failed', failed_at = %(now)s, reason = r.reason,
-                           provider = r.provider, lease_until = NULL, updated_at = %(now)s
-                    FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(id bigint, reason text, provider text)
-                    WHERE d.id = r.id AND d.status = 'sending'
-                    RETURNING {CHANGED_COLUMNS}, 'failed'::text AS metric, %(now)s::timestamptz AS at, r.reason
-                    """
-                ),
-                {"now": now, "rows": json.dumps(failed)},
+            deliveries_transition(
+                to=DeliveryStatus.FAILED, only_from=[SENDING], now=now, params={"rows": json.dumps(failed)},
+                source=_rows("id bigint, reason text, provider text"), reason="src.reason",
+                sets={"failed_at": "%(now)s", "reason": "src.reason", "provider": "src.provider", "lease_until": "NULL"},
             )
         if unrendered:
-            run_transitions(
-                transitions_sql(
-                    f"""
-                    UPDATE campaigns_delivery d SET status = 'suppressed', reason = r.reason, lease_until = NULL,
-                           updated_at = %(now)s
-                    FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(id bigint, reason text)
-                    WHERE d.id = r.id AND d.status = 'sending'
-                    RETURNING {CHANGED_COLUMNS}, 'suppressed.{SuppressionReason.RENDER_FAILED}'::text AS metric,
-                              %(now)s::timestamptz AS at, r.reason
-                    """
-                ),
-                {"now": now, "rows": json.dumps(unrendered)},
+            deliveries_transition(
+                to=DeliveryStatus.SUPPRESSED, only_from=[SENDING], now=now, params={"rows": json.dumps(unrendered)},
+                source=_rows("id bigint, reason text"), reason="src.reason",
+                sets={"reason": "src.reason", "lease_until": "NULL"},
             )
         if retry:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    """
-                    UPDATE campaigns_delivery d SET status = 'planned', due_at = r.due, reason = r.reason,
-                           lease_until = NULL, updated_at = %s
-                    FROM jsonb_to_recordset(%s::jsonb) AS r(id bigint, reason text, due timestamptz)
-                    WHERE d.id = r.id AND d.status = 'sending'
-                    """,
-                    [now, json.dumps(retry)],
-                )
+            deliveries_transition(
+                to=PLANNED, only_from=[SENDING], now=now, params={"rows": json.dumps(retry)},
+                source=_rows("id bigint, reason text, due timestamptz"),
+                sets={"due_at": "src.due", "reason": "src.reason", "lease_until": "NULL"},
+            )
         if dead:
             with connection.cursor() as cursor:
                 cursor.execute("DELETE FROM customers_device WHERE id = ANY(%s)", [dead])
@@ -456,9 +428,9 @@ class LeaseKeeper(threading.Thread):
                         """
                         UPDATE campaigns_delivery SET lease_until = now() + make_interval(secs => %s)
                         WHERE id IN (SELECT id FROM campaigns_delivery
-                                     WHERE id = ANY(%s) AND status = 'sending' FOR UPDATE SKIP LOCKED)
+                                     WHERE id = ANY(%s) AND status = %s FOR UPDATE SKIP LOCKED)
                         """,
-                        [seconds, self.ids],
+                        [seconds, self.ids, SENDING],
                     )
         except Exception:
             logger.exception("could not extend the lease of %d deliveries", len(self.ids))

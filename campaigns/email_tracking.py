@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from customers.validation import EARLIEST
 
+from .models import DeliveryStatus
 from .providers import DeliveryEvent
 from .providers.email import DjangoEmail
 
@@ -35,14 +36,14 @@ logger = logging.getLogger(__name__)
 # anymail's normalised event types → delivery event kinds; the rest (queued, sent,
 # deferred, autoresponded, subscribed, unknown) say nothing a marketer counts.
 KINDS = {
-    "delivered": "delivered",
-    "opened": "opened",
-    "clicked": "clicked",
-    "bounced": "bounced",
-    "complained": "complained",
-    "unsubscribed": "unsubscribed",
-    "rejected": "failed",
-    "failed": "failed",
+    "delivered": DeliveryStatus.DELIVERED,
+    "opened": DeliveryStatus.OPENED,
+    "clicked": DeliveryStatus.CLICKED,
+    "bounced": DeliveryStatus.BOUNCED,
+    "complained": DeliveryStatus.COMPLAINED,
+    "unsubscribed": DeliveryStatus.UNSUBSCRIBED,
+    "rejected": DeliveryStatus.FAILED,
+    "failed": DeliveryStatus.FAILED,
 }
 
 # Some ESPs report soft bounces as "bounced" and say so only in their own fields. A soft
@@ -172,12 +173,12 @@ def _moment(timestamp):
 
 @receiver(tracking, dispatch_uid="campaigns.email_tracking")
 def on_tracking(sender, event, esp_name, **kwargs) -> None:
-    from . import services
+    from .services.delivery_events import delivery_events_apply
 
     kind = KINDS.get(event.event_type)
     if kind is None or not event.message_id:
         return
-    if kind == "bounced" and _is_soft_bounce(event.esp_event):
+    if kind == DeliveryStatus.BOUNCED and _is_soft_bounce(event.esp_event):
         return
     delivery = _delivery_for(str(event.message_id))
     if delivery is None:
@@ -185,7 +186,7 @@ def on_tracking(sender, event, esp_name, **kwargs) -> None:
         logger.debug("%s %s event for unknown message %s", esp_name, event.event_type, event.message_id)
         return
     reason = event.description or event.mta_response or event.reject_reason or ""
-    services.delivery_events_apply(events=[
+    delivery_events_apply(events=[
         DeliveryEvent(
             kind=kind,
             occurred_at=_moment(event.timestamp),
@@ -197,7 +198,7 @@ def on_tracking(sender, event, esp_name, **kwargs) -> None:
             url=event.click_url or "",
         )
     ])
-    if kind == "unsubscribed":
+    if kind == DeliveryStatus.UNSUBSCRIBED:
         _unsubscribe(delivery, esp_name=esp_name, reason=str(reason))
 
 

@@ -1,8 +1,8 @@
 """Input validation for the campaigns UI.
 
 The compose form only parses what the browser sends (numbers, dates, ``name=value``
-lines) into a :class:`~campaigns.services.CampaignInput`; the rules of a valid campaign
-live in ``campaigns.services``, whose :class:`~core.errors.FieldError` paths
+lines) into a :class:`~campaigns.services.compose.CampaignInput`; the rules of a valid campaign
+live in ``campaigns.services.compose``, whose :class:`~core.errors.FieldError` paths
 ("variants[1].content.email.subject") are mapped back onto the inputs they are about.
 """
 
@@ -20,9 +20,10 @@ from core.errors import InputError
 from core.text import sentence
 from segments.models import Segment
 
-from . import render
+from . import personalisation
+from .links import sample_links
 from .models import Campaign
-from .services import CampaignInput, VariantInput
+from .services.compose import CampaignInput, VariantInput
 
 VARIANT_KEYS = ("A", "B", "C")
 CHANNELS = list(ChannelKind.values)
@@ -312,7 +313,7 @@ class CampaignForm(forms.Form):
         for index, key in enumerate(VARIANT_KEYS):
             channels = []
             for channel, specs in CONTENT_INPUTS.items():
-                required = render.CONTENT_FIELDS[channel]
+                required = personalisation.CONTENT_FIELDS[channel]
                 channels.append(ChannelSection(
                     key=key, channel=channel, label=CHANNEL_LABELS[channel],
                     fields=[
@@ -383,14 +384,14 @@ def preview_content(data) -> tuple[str, str, dict | None, str]:
     except ValueError as exc:
         return key, channel, None, str(exc)
     # Half-written content still previews: a required field left empty renders as empty.
-    blank = {name for name, required in render.CONTENT_FIELDS[channel].items()
+    blank = {name for name, required in personalisation.CONTENT_FIELDS[channel].items()
              if required and name != "variables" and not str(body.get(name) or "").strip()}
     try:
-        compiled = render.compile_content(channel, {**body, **{name: "-" for name in blank}})
-    except render.TemplateProblem as problem:
+        compiled = personalisation.compile_content(channel, {**body, **{name: "-" for name in blank}})
+    except personalisation.TemplateProblem as problem:
         label = next((spec.label for spec in CONTENT_INPUTS[channel] if spec.name == problem.field.split(".")[0]), problem.field)
         return key, channel, None, f"{label}: {problem.message}"
-    rendered = compiled.render(render.customer_context(render.SAMPLE_CUSTOMER, links=render.sample_links()))
+    rendered = compiled.render(personalisation.customer_context(personalisation.SAMPLE_CUSTOMER, links=sample_links()))
     # Rendered templates come back marked safe; as plain text again (as the sandbox stores
     # them) the page escapes them like any other value.
     rendered = json.loads(json.dumps(rendered))

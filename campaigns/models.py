@@ -148,6 +148,20 @@ class DeliveryStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
+# The forward steps of a delivery's story, in order; the statuses on one step rank equal.
+# A status on no step (suppressed, failed, bounced, complained, unsubscribed, cancelled)
+# ends the story: nothing moves a delivery on from it.
+DELIVERY_STEPS: tuple[tuple[DeliveryStatus, ...], ...] = (
+    (DeliveryStatus.PLANNED, DeliveryStatus.HELD),
+    (DeliveryStatus.SENDING,),
+    (DeliveryStatus.SENT,),
+    (DeliveryStatus.DELIVERED,),
+    (DeliveryStatus.OPENED,),
+    (DeliveryStatus.CLICKED,),
+    (DeliveryStatus.CONVERTED,),
+)
+
+
 class SuppressionReason(models.TextChoices):
     NOT_SUBSCRIBED = "not_subscribed", "Not subscribed to the topic on this channel"
     CONSENT_REVOKED = "consent_revoked", "Consent revoked"
@@ -220,8 +234,10 @@ class Delivery(models.Model):
         ]
         indexes = [
             # The dispatcher's queue: only rows still to be sent.
-            models.Index(fields=["due_at"], name="delivery_queue_idx", condition=Q(status="planned")),
-            models.Index(fields=["lease_until"], name="delivery_inflight_idx", condition=Q(status="sending")),
+            models.Index(fields=["due_at"], name="delivery_queue_idx", condition=Q(status=DeliveryStatus.PLANNED)),
+            models.Index(
+                fields=["lease_until"], name="delivery_inflight_idx", condition=Q(status=DeliveryStatus.SENDING)
+            ),
             models.Index(fields=["customer", "-created_at"], name="delivery_customer_idx"),
             # The frequency cap counts recent sends.
             models.Index(fields=["sent_at"], name="delivery_sent_idx", condition=Q(sent_at__isnull=False)),

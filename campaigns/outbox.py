@@ -1,8 +1,8 @@
-"""The Delivery outbox: writing an audience snapshot, and every status change after it.
+"""The Delivery outbox: writing a campaign's audience snapshot.
 
-Every status change goes through :func:`transitions_sql`, which updates the Delivery rows,
-writes one ``message.*`` timeline event per change and bumps the per-minute counters, in
-one statement. Callers publish ``campaigns.signals.counters_changed`` after commit.
+The snapshot writes each Delivery row in its first status (planned, held for a staged
+send's winner, or suppressed with a reason) and counts it. Every status change after that
+goes through :func:`campaigns.transitions.deliveries_transition`.
 """
 
 from __future__ import annotations
@@ -11,97 +11,11 @@ import json
 from collections.abc import Iterable
 from datetime import datetime
 
-from django.db import connection, transaction
+from django.db import connection
 
-from . import signals
-from .models import Campaign
+from .models import Campaign, DeliveryStatus
 from .policy import RECENT_SQL, ZONES_SQL, PolicySettings, defer_sql, joins_sql, local_zone_sql, reason_sql
-
-# Forward order of the positive statuses; negative outcomes are terminal.
-RANK_SQL = """CASE {0} WHEN 'planned' THEN 0 WHEN 'held' THEN 0 WHEN 'sending' THEN 1 WHEN 'sent' THEN 2
-    WHEN 'delivered' THEN 3 WHEN 'opened' THEN 4 WHEN 'clicked' THEN 5 WHEN 'converted' THEN 6 ELSE 10 END"""
-
-
-def _rank(expr: str) -> str:
-    return RANK_SQL.format(expr)
-
-
-def bump_ctes(source: str) -> str:
-    """CTEs that upsert the three counter grains from ``source``, a query yielding
-    (campaign_id, journey_id, channel, variant_id, metric, at, n) with 0 for "none";
-    aggregate in ``source`` first, so a million changes expand into a handful of rows.
-
-    Rows are upserted in key order, so concurrent workers queue instead of deadlocking.
-    """
-    return f"""
-    bump_src AS ({source}),
-    bump_grains AS (
-        SELECT 'total' AS grain, timestamptz 'epoch' AS bucket, campaign_id, journey_id, channel, variant_id, metric, n
-        FROM bump_src WHERE campaign_id <> 0 OR journey_id <> 0
-        UNION ALL
-        SELECT 'minute', date_trunc('minute', at), campaign_id, journey_id, channel, 0, metric, n
-        FROM bump_src WHERE campaign_id <> 0 OR journey_id <> 0
-        UNION ALL
-        SELECT 'day', date_trunc('day', at), 0, 0, channel, 0, metric, n FROM bump_src
-    ),
-    bump AS (
-    INSERT INTO campaigns_counter (grain, bucket, campaign_id, journey_id, channel, variant_id, metric, shard, value)
-    SELECT grain, bucket, campaign_id, journey_id, channel, variant_id, metric, pg_backend_pid() %% 8, sum(n)
-    FROM bump_grains GROUP BY 1, 2, 3, 4, 5, 6, 7
-    ORDER BY 1, 2, 3, 4, 5, 6, 7
-    ON CONFLICT (grain, campaign_id, journey_id, bucket, channel, variant_id, metric, shard)
-    DO UPDATE SET value = campaigns_counter.value + EXCLUDED.value
-    )"""
-
-
-def transitions_sql(changed: str, *, ctes: str = "") -> str:
-    """Wrap ``changed``, a CTE body yielding (id, customer_id, campaign_id, journey_id, channel,
-    variant_id, metric, at, reason), with the timeline events and counter upserts.
-
-    ``ctes`` are extra common table expressions placed before it (data-modifying ones must
-    sit at the top level of the statement). The statement returns one row per
-    (campaign_id, journey_id) touched with its count.
-    The timeline events are keyed by delivery and metric, so a change applied twice lands
-    on the timeline once.
-    """
-    prefix = f"{ctes}," if ctes else ""
-    return f"""
-    WITH {prefix} changed AS ({changed}),
-    timeline AS (
-        INSERT INTO customers_event
-            (customer_id, name, category, channel, properties, occurred_at, received_at, source, idempotency_key, actor)
-        SELECT ch.customer_id, 'message.' || split_part(ch.metric, '.', 1), 'message', ch.channel,
-               jsonb_strip_nulls(jsonb_build_object(
-                   'delivery_id', ch.id, 'campaign_id', ch.campaign_id, 'journey_id', ch.journey_id,
-                   'variant', v.key, 'campaign', cp.name, 'reason', nullif(ch.reason, ''))),
-               ch.at, now(), 'delivery', ch.id || ':' || ch.metric, ''
-        FROM changed ch
-        LEFT JOIN campaigns_variant v ON v.id = ch.variant_id
-        LEFT JOIN campaigns_campaign cp ON cp.id = ch.campaign_id
-        ON CONFLICT DO NOTHING
-    ),
-    {bump_ctes("SELECT coalesce(campaign_id, 0) AS campaign_id, coalesce(journey_id, 0) AS journey_id, channel, coalesce(variant_id, 0) AS variant_id, metric, date_trunc('minute', at) AS at, count(*) AS n FROM changed GROUP BY 1, 2, 3, 4, 5, 6")}
-    SELECT coalesce(campaign_id, 0), coalesce(journey_id, 0), count(*) FROM changed GROUP BY 1, 2
-    """
-
-
-def run_transitions(sql: str, params: dict | list) -> int:
-    """Execute a :func:`transitions_sql` statement; publish the touched dashboards after commit."""
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    publish_after_commit(rows)
-    return sum(row[2] for row in rows)
-
-
-def publish_after_commit(rows: Iterable[tuple]) -> None:
-    campaign_ids = {row[0] for row in rows if row[0]}
-    journey_ids = {row[1] for row in rows if row[1]}
-    if rows:
-        transaction.on_commit(
-            lambda: signals.counters_changed.send(sender=Campaign, campaign_ids=campaign_ids, journey_ids=journey_ids),
-            robust=True,
-        )
+from .transitions import bump_ctes, publish_after_commit
 
 
 # --- Launch: the audience snapshot --------------------------------------------------------
@@ -151,8 +65,10 @@ def _bucket(salt: str, modulo: int) -> str:
     return f"(abs(hashtext(%(campaign_id)s::text || '{salt}' || a.customer_id::text)::bigint) %% {modulo})"
 
 
-def snapshot_sql(campaign: Campaign, *, variants: list[tuple[int, int]], test_share: int | None) -> tuple[str, dict]:
-    """The one INSERT … SELECT that writes a campaign's Delivery rows, with routing and policy.
+def snapshot_sql(campaign: Campaign, *, variants: list[tuple[int, int]], test_share: int | None) -> tuple[str, str, dict]:
+    """The one INSERT … SELECT that writes a campaign's Delivery rows, with routing and policy,
+    in two parts: the routing CTEs, ending in ``j`` (one row per candidate customer × channel,
+    ``choice = 1`` for the channel picked), and the INSERT with its counters that follows them.
 
     ``variants`` is [(variant id, weight)]; ``test_share`` the staged test's percentage.
     """
@@ -183,6 +99,9 @@ def snapshot_sql(campaign: Campaign, *, variants: list[tuple[int, int]], test_sh
         "now": None,  # set by the caller
         "start": None,
         "send_at_local": campaign.send_at_local.replace(tzinfo=None) if campaign.send_at_local else None,
+        "planned": DeliveryStatus.PLANNED,
+        "held": DeliveryStatus.HELD,
+        "suppressed": DeliveryStatus.SUPPRESSED,
     }
     if campaign.strategy == Campaign.Strategy.ALL:
         pick = "WHERE true"
@@ -195,8 +114,8 @@ def snapshot_sql(campaign: Campaign, *, variants: list[tuple[int, int]], test_sh
         routed = "j.routed_by"
         chosen_channel = "j.channel"
     test_channels = staged and campaign.test_channels and campaign.strategy == Campaign.Strategy.PREFERRED
-    split = f"abs(hashtext(%(campaign_id)s::text || ':c:' || cand.customer_id::text || cand.channel)::bigint)"
-    sql = f"""
+    split = "abs(hashtext(%(campaign_id)s::text || ':c:' || cand.customer_id::text || cand.channel)::bigint)"
+    routing = f"""
     WITH {ZONES_SQL}, {RECENT_SQL},
     {AUDIENCE_SQL},
     engaged AS (
@@ -237,12 +156,13 @@ def snapshot_sql(campaign: Campaign, *, variants: list[tuple[int, int]], test_sh
                             cand.score DESC, cand.pos
                ) AS choice
         FROM ranked cand
-    ),
+    )"""
+    insert = f"""
     ins AS (
         INSERT INTO campaigns_delivery
             (campaign_id, variant_id, customer_id, topic_id, channel, status, reason, test_group, routed_by, due_at)
         SELECT %(campaign_id)s, CASE WHEN j.in_test THEN j.variant_id END, j.customer_id, j.topic_id, {chosen_channel},
-               CASE WHEN j.reason IS NOT NULL THEN 'suppressed' WHEN j.in_test THEN 'planned' ELSE 'held' END,
+               CASE WHEN j.reason IS NOT NULL THEN %(suppressed)s WHEN j.in_test THEN %(planned)s ELSE %(held)s END,
                coalesce(j.reason, ''), {'j.in_test' if staged else 'false'}, {routed},
                CASE WHEN j.is_transactional THEN {base}
                     ELSE {defer_sql(base, 'j.zone')} END
@@ -252,11 +172,11 @@ def snapshot_sql(campaign: Campaign, *, variants: list[tuple[int, int]], test_sh
     ),
     {bump_ctes("""SELECT %(campaign_id)s::bigint AS campaign_id, 0::bigint AS journey_id, channel,
         coalesce(variant_id, 0) AS variant_id,
-        CASE WHEN status = 'suppressed' THEN 'suppressed.' || reason ELSE 'planned' END AS metric,
+        CASE WHEN status = %(suppressed)s THEN status || '.' || reason ELSE %(planned)s END AS metric,
         %(now)s::timestamptz AS at, count(*) AS n FROM ins GROUP BY 3, 4, 5""")}
-    SELECT count(*), count(DISTINCT customer_id), count(*) FILTER (WHERE status <> 'suppressed') FROM ins
+    SELECT count(*), count(DISTINCT customer_id), count(*) FILTER (WHERE status <> %(suppressed)s) FROM ins
     """
-    return sql, params
+    return routing, insert, params
 
 
 def snapshot_write(campaign: Campaign, *, now: datetime, start: datetime) -> tuple[int, int, int]:
@@ -265,11 +185,11 @@ def snapshot_write(campaign: Campaign, *, now: datetime, start: datetime) -> tup
     Returns (rows written, customers, rows to send). Safe to run twice: existing rows are kept.
     """
     variants = list(campaign.variants.order_by("key").values_list("pk", "weight"))
-    sql, params = snapshot_sql(campaign, variants=variants, test_share=campaign.test_percent)
+    routing, insert, params = snapshot_sql(campaign, variants=variants, test_share=campaign.test_percent)
     params.update(now=now, start=start)
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL work_mem = '64MB'")
-        cursor.execute(sql, params)
+        cursor.execute(f"{routing},{insert}", params)
         written, customers, to_send = cursor.fetchone()
     publish_after_commit([(campaign.pk, 0, written)])
     return written, customers, to_send
@@ -278,15 +198,13 @@ def snapshot_write(campaign: Campaign, *, now: datetime, start: datetime) -> tup
 def predicted(campaign: Campaign, *, now: datetime) -> dict:
     """What a launch would write now, without writing: rows per channel and suppressions by reason."""
     variants = list(campaign.variants.order_by("key").values_list("pk", "weight")) or [(0, 1)]
-    sql, params = snapshot_sql(campaign, variants=variants, test_share=campaign.test_percent)
+    routing, _, params = snapshot_sql(campaign, variants=variants, test_share=campaign.test_percent)
     params.update(now=now, start=now)
-    select = sql.split("    ins AS (")[0].rstrip().rstrip(",")
     pick = "WHERE j.choice = 1" if campaign.strategy == Campaign.Strategy.PREFERRED else ""
-    select += f"""
-    SELECT j.channel, coalesce(j.reason, ''), count(*) FROM j {pick} GROUP BY 1, 2
-    """
     with connection.cursor() as cursor:
-        cursor.execute(select, params)
+        cursor.execute(f"""{routing}
+    SELECT j.channel, coalesce(j.reason, ''), count(*) FROM j {pick} GROUP BY 1, 2
+    """, params)
         rows = cursor.fetchall()
     result: dict = {"channels": {}, "suppressed": {}, "to_send": 0}
     for channel, reason, count in rows:

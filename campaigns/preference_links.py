@@ -18,7 +18,7 @@ from django.template.loader import render_to_string
 from customers.limits import email_request_allow
 from customers.models import Customer
 
-from . import render
+from .links import preferences_url, sender_name
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,10 @@ def link_send(*, customer_id: int) -> bool:
     customer = Customer.objects.filter(pk=customer_id).exclude(email="").first()
     if customer is None:
         return False
-    sender = render.sender_name()
+    sender = sender_name()
     context = {
         "sender": sender,
-        "url": render.preferences_url(customer.pk),
+        "url": preferences_url(customer.pk),
         "days": settings.PREFERENCES_LINK_MAX_AGE.days,
     }
     send_mail(

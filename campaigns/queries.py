@@ -12,12 +12,21 @@ from django.http import Http404
 
 from customers.roles import can_use_marketing
 
-from .models import Campaign, Counter, Delivery, SandboxMessage
+from .models import Campaign, Counter, Delivery, DeliveryStatus, SandboxMessage
 
-FUNNEL = ("planned", "sent", "delivered", "opened", "clicked", "converted")
-OUTCOMES = ("bounced", "failed", "complained", "unsubscribed", "cancelled")
+# The counters a campaign's results are read from: one metric per status a delivery moves
+# into, suppressions also by reason (``suppressed.<reason>``).
+FUNNEL = (DeliveryStatus.PLANNED, DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.OPENED,
+          DeliveryStatus.CLICKED, DeliveryStatus.CONVERTED)
+OUTCOMES = (DeliveryStatus.BOUNCED, DeliveryStatus.FAILED, DeliveryStatus.COMPLAINED, DeliveryStatus.UNSUBSCRIBED,
+            DeliveryStatus.CANCELLED)
+SUPPRESSED = DeliveryStatus.SUPPRESSED
 # The rate each test metric is judged by, and the base it is a share of.
-TEST_RATES = {"open": ("opened", "sent"), "click": ("clicked", "sent"), "conversion": ("converted", "sent")}
+TEST_RATES = {
+    Campaign.TestMetric.OPEN: (DeliveryStatus.OPENED, DeliveryStatus.SENT),
+    Campaign.TestMetric.CLICK: (DeliveryStatus.CLICKED, DeliveryStatus.SENT),
+    Campaign.TestMetric.CONVERSION: (DeliveryStatus.CONVERTED, DeliveryStatus.SENT),
+}
 
 
 def campaign_for(user, pk: int) -> Campaign:
@@ -49,9 +58,10 @@ class Results:
     @property
     def done(self) -> int:
         """Deliveries that reached a final state of sending (sent, failed, suppressed at send, cancelled)."""
-        return self.totals["sent"] + self.totals["failed"] + self.totals["cancelled"]
+        done = (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.CANCELLED)
+        return sum(self.totals[status] for status in done)
 
-    def rate(self, metric: str, base: str = "sent", channel: str | None = None) -> float | None:
+    def rate(self, metric: str, base: str = DeliveryStatus.SENT, channel: str | None = None) -> float | None:
         counts = self.by_channel[channel] if channel else self.totals
         return counts[metric] / counts[base] if counts[base] else None
 
@@ -67,12 +77,12 @@ def campaign_results(campaign_ids: list[int]) -> dict[int, Results]:
     for row in rows:
         result = results[row["campaign_id"]]
         metric, value = row["metric"], row["total"]
-        if metric.startswith("suppressed."):
+        if metric.startswith(f"{SUPPRESSED}."):
             reason = metric.split(".", 1)[1]
             result.suppressed[reason] += value
-            result.totals["suppressed"] += value
-            result.by_channel[row["channel"]]["suppressed"] += value
-            result.by_variant[row["variant_id"]]["suppressed"] += value
+            result.totals[SUPPRESSED] += value
+            result.by_channel[row["channel"]][SUPPRESSED] += value
+            result.by_variant[row["variant_id"]][SUPPRESSED] += value
             continue
         result.totals[metric] += value
         result.by_channel[row["channel"]][metric] += value
@@ -88,7 +98,7 @@ def campaign_summary(campaign: Campaign) -> dict:
 
     def counts(source: dict) -> dict:
         data = {metric: source.get(metric, 0) for metric in FUNNEL + OUTCOMES}
-        data["suppressed"] = source.get("suppressed", 0)
+        data[SUPPRESSED] = source.get(SUPPRESSED, 0)
         return data
 
     return {

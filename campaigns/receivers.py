@@ -7,7 +7,7 @@ from django.dispatch import receiver
 
 from customers.signals import customers_changed
 
-from . import services
+from .services.delivery_events import conversions_attribute
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ def on_customers_changed(sender, change, **kwargs):
     if not change.by_name:
         return
     try:
-        services.conversions_attribute(customer_ids=set(change.customer_ids), names=set(change.names))
+        conversions_attribute(customer_ids=set(change.customer_ids), names=set(change.names))
     except Exception:
         logger.exception("conversion attribution failed; queued for the background workers")
         from django_q.tasks import async_task

@@ -3,7 +3,7 @@
 Input models are plain pydantic with unknown fields refused (see ``customers.schemas``);
 they check shapes and types. What only the database or the template engine can judge
 (topics, segments, template syntax, which channel needs which content) is checked by
-``campaigns.services``, which names each problem by the same field path.
+``campaigns.services.compose``, which names each problem by the same field path.
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ from django.utils import timezone
 
 from customers.services.ingestion import EventInput, events_ingest
 
+from .models import DeliveryStatus
 from .providers import DeliveryEvent
-from .services import delivery_events_apply
+from .services.delivery_events import delivery_events_apply
 
 # Per channel, percent of deliveries: (delivered, opened, clicked, converted). SMS and
 # WhatsApp convert better than email, as they tend to in practice.
@@ -31,7 +32,12 @@ RATES = {
     "voice": (85, 0, 0, 1),
 }
 # Delays after sending, in seconds, up to which outcomes spread.
-SPREAD = {"delivered": 20, "opened": 45 * 60, "clicked": 60 * 60, "converted": 90 * 60}
+SPREAD = {
+    DeliveryStatus.DELIVERED: 20, DeliveryStatus.OPENED: 45 * 60, DeliveryStatus.CLICKED: 60 * 60,
+    DeliveryStatus.CONVERTED: 90 * 60,
+}
+# A delivery these have ended engages no more.
+ENDED = [DeliveryStatus.BOUNCED, DeliveryStatus.FAILED, DeliveryStatus.COMPLAINED, DeliveryStatus.UNSUBSCRIBED]
 WINDOW = timedelta(hours=3)
 
 
@@ -47,19 +53,19 @@ def simulate(*, now=None) -> dict:
     if not settings.SANDBOX_SIMULATE:
         return {}
     now = now or timezone.now()
-    params = {"now": now, "since": now - WINDOW}
+    params = {"now": now, "since": now - WINDOW, "ended": ENDED}
     events: list[DeliveryEvent] = []
     with connection.cursor() as cursor:
         for kind, column, salt, index in (
-            ("delivered", "delivered_at", ":d", 0),
-            ("opened", "opened_at", ":o", 1),
-            ("clicked", "clicked_at", ":c", 2),
+            (DeliveryStatus.DELIVERED, "delivered_at", ":d", 0),
+            (DeliveryStatus.OPENED, "opened_at", ":o", 1),
+            (DeliveryStatus.CLICKED, "clicked_at", ":c", 2),
         ):
             cursor.execute(
                 f"""
                 SELECT d.id, greatest(d.sent_at, %(now)s - interval '1 minute') FROM campaigns_delivery d
                 WHERE d.provider = 'sandbox' AND d.sent_at > %(since)s AND d.{column} IS NULL
-                  AND d.status NOT IN ('bounced', 'failed', 'complained', 'unsubscribed')
+                  AND d.status <> ALL(%(ended)s)
                   AND {_due(kind, salt, index)}
                 LIMIT 20000
                 """,
@@ -71,7 +77,7 @@ def simulate(*, now=None) -> dict:
             SELECT d.id, d.customer_id, c.goal_event FROM campaigns_delivery d
             JOIN campaigns_campaign c ON c.id = d.campaign_id AND c.goal_event <> ''
             WHERE d.provider = 'sandbox' AND d.sent_at > %(since)s AND d.converted_at IS NULL
-              AND {_due("converted", ":v", 3)}
+              AND {_due(DeliveryStatus.CONVERTED, ":v", 3)}
             LIMIT 5000
             """,
             params,

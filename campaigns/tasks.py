@@ -1,7 +1,8 @@
 """django-q2 entry points: thin, take ids, safe to run twice (the outbox row is the unit of work)."""
 
 from . import dispatch as dispatcher
-from . import services
+from .services.delivery_events import conversions_attribute
+from .services.lifecycle import campaigns_tick
 
 
 def dispatch() -> dict:
@@ -10,13 +11,13 @@ def dispatch() -> dict:
 
 def tick() -> dict:
     """Every minute: start scheduled campaigns, finish done ones, release due winners, then send."""
-    result = services.campaigns_tick()
+    result = campaigns_tick()
     result["dispatch"] = dispatcher.dispatch(budget_seconds=40)
     return result
 
 
 def attribute_conversions(customer_ids: list[int], names: list[str]) -> int:
-    return services.conversions_attribute(customer_ids=set(customer_ids), names=set(names))
+    return conversions_attribute(customer_ids=set(customer_ids), names=set(names))
 
 
 def simulate() -> dict:

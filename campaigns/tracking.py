@@ -1,6 +1,6 @@
 """Public endpoints reached from messages: open pixel, click redirect, unsubscribe, preferences.
 
-Nobody signs in here. The signed token in the URL (see ``campaigns.render``) is the only
+Nobody signs in here. The signed token in the URL (see ``campaigns.links``) is the only
 key: it names one delivery (pixel, click, unsubscribe) or one customer (preference
 centre), and nothing else can be reached from it. A token that does not verify gets a
 plain "invalid or expired link" page and writes nothing; the pixel answers its GIF anyway,
@@ -31,12 +31,12 @@ from django.views.decorators.http import require_http_methods
 from customers.models import ChannelKind, ChannelStatus, ConsentState, Customer, Device, Subscription, Topic
 from customers.services.preferences import subscriptions_change
 
-from . import preference_links
-from . import render as tokens
+from . import links, preference_links
 from .forms import PreferencesLinkForm
-from .models import Delivery, Link
+from .models import Delivery, DeliveryStatus, Link
 from .providers import DeliveryEvent
-from .services import delivery_events_apply, engagement_record
+from .services.delivery_events import delivery_events_apply, engagement_record
+from .transitions import MILESTONES
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ PHONE_CHANNELS = (ChannelKind.SMS, ChannelKind.WHATSAPP, ChannelKind.VOICE)
 
 def _unsigned(token: str, salt: str) -> str | None:
     try:
-        return tokens.unsign(token, salt)
+        return links.unsign(token, salt)
     except signing.BadSignature:
         return None
 
@@ -80,7 +80,7 @@ def _ids(value: str | None, count: int) -> tuple[int, ...] | None:
 
 
 def _page(request, template: str, context: dict, *, status: int = 200) -> HttpResponse:
-    response = render(request, template, {"sender": tokens.sender_name(), **context}, status=status)
+    response = render(request, template, {"sender": links.sender_name(), **context}, status=status)
     # The URL carries the token: keep these pages out of search engines.
     response["X-Robots-Tag"] = "noindex, nofollow"
     return response
@@ -92,7 +92,7 @@ def _invalid(request) -> HttpResponse:
 
 # --- Open pixel and click redirect --------------------------------------------------------------
 
-ENGAGEMENT_COLUMNS = {"opened": "opened_at", "clicked": "clicked_at"}
+ENGAGEMENT_COLUMNS = {kind: MILESTONES[kind] for kind in (DeliveryStatus.OPENED, DeliveryStatus.CLICKED)}
 
 
 def _engagement_record(delivery_id: int, kind: str, *, url: str = "") -> None:
@@ -119,11 +119,11 @@ def _engagement_record(delivery_id: int, kind: str, *, url: str = "") -> None:
 @require_http_methods(["GET", "HEAD"])
 def open_pixel(request, token: str):
     """A 1×1 transparent GIF, always; a valid token also records the open."""
-    ids = _ids(_unsigned(token, tokens.OPEN_SALT), 1)
+    ids = _ids(_unsigned(token, links.OPEN_SALT), 1)
     # HEAD is a proxy or a scanner checking the image, not someone reading the message.
     if ids is not None and request.method == "GET":
         try:
-            _engagement_record(ids[0], "opened")
+            _engagement_record(ids[0], DeliveryStatus.OPENED)
         except Exception:
             # A lost open is better than a broken image in someone's inbox.
             logger.exception("could not record the open of delivery %s", ids[0])
@@ -136,7 +136,7 @@ def open_pixel(request, token: str):
 @require_http_methods(["GET", "HEAD"])
 def click(request, token: str):
     """Record the click and redirect to the link stored for it; the request never names the URL."""
-    ids = _ids(_unsigned(token, tokens.CLICK_SALT), 2)
+    ids = _ids(_unsigned(token, links.CLICK_SALT), 2)
     if ids is None:
         return _invalid(request)
     delivery_id, link_id = ids
@@ -145,7 +145,7 @@ def click(request, token: str):
         return _invalid(request)
     if request.method == "GET":
         try:
-            _engagement_record(delivery_id, "clicked", url=url)
+            _engagement_record(delivery_id, DeliveryStatus.CLICKED, url=url)
         except Exception:
             # The reader still gets where they were going; the click is logged as lost.
             logger.exception("could not record the click of delivery %s", delivery_id)
@@ -172,7 +172,7 @@ def _preferences_path(delivery: Delivery) -> str:
     """
     sent_at = delivery.sent_at or delivery.created_at
     if sent_at and timezone.now() - sent_at < settings.PREFERENCES_LINK_MAX_AGE:
-        return reverse("tracking:preferences", args=[tokens.preferences_token(delivery.customer_id)])
+        return reverse("tracking:preferences", args=[links.preferences_token(delivery.customer_id)])
     return reverse("tracking:preferences-request")
 
 
@@ -185,7 +185,7 @@ def unsubscribe(request, token: str):
     The POST unsubscribes the customer from the delivery's topic on the delivery's channel,
     marks the delivery unsubscribed, and is harmless to repeat.
     """
-    ids = _ids(_unsigned(token, tokens.UNSUBSCRIBE_SALT), 1)
+    ids = _ids(_unsigned(token, links.UNSUBSCRIBE_SALT), 1)
     delivery = (
         Delivery.objects.select_related("customer", "topic").filter(pk=ids[0]).first() if ids is not None else None
     )
@@ -220,7 +220,7 @@ def _unsubscribe_apply(delivery: Delivery, *, one_click: bool) -> None:
             reason=f"unsubscribed {how} (delivery {delivery.pk})",
         )
         delivery_events_apply(
-            events=[DeliveryEvent("unsubscribed", timezone.now(), delivery_id=delivery.pk, reason=source)]
+            events=[DeliveryEvent(DeliveryStatus.UNSUBSCRIBED, timezone.now(), delivery_id=delivery.pk, reason=source)]
         )
 
 
@@ -296,7 +296,7 @@ def _preference_changes(post, *, rows: list, current: dict) -> list[dict]:
 def preferences(request, token: str):
     """The customer's topic × channel matrix; saving changes only the cells that differ."""
     try:
-        ids = _ids(tokens.preferences_unsign(token), 1)
+        ids = _ids(links.preferences_unsign(token), 1)
     except signing.SignatureExpired:
         return _link_request_page(request, PreferencesLinkForm(), state="expired", status=410)
     except signing.BadSignature:

@@ -26,9 +26,13 @@ from core.audit import user_actor
 from core.errors import InputError
 from core.htmx import wants_partial
 
-from . import outbox, queries, render as message_render, services
+from . import outbox, queries
 from .forms import CONTENT_INPUTS, PERSONALISATION, CampaignForm, OutboxFilterForm, initial_from, preview_content
-from .models import Campaign, SuppressionReason
+from .links import absolute
+from .models import Campaign, DeliveryStatus, SuppressionReason
+from .personalisation import SAMPLE_CUSTOMER
+from .services import compose, lifecycle
+from .sms import sms_length
 
 LIST_TEMPLATE = "campaigns/list.html"
 COMPOSE_TEMPLATE = "campaigns/compose.html"
@@ -40,23 +44,30 @@ CAMPAIGNS_PER_PAGE = 50
 DELIVERIES_PER_PAGE = 50
 OUTBOX_PER_PAGE = 50
 CHANNEL_LABELS = dict(ChannelKind.choices)
-FUNNEL = ("planned", "sent", "delivered", "opened", "clicked", "converted")
+DELIVERED, OPENED, CLICKED, CONVERTED = (
+    DeliveryStatus.DELIVERED, DeliveryStatus.OPENED, DeliveryStatus.CLICKED, DeliveryStatus.CONVERTED
+)
 # Engagement a channel can report at all: an SMS or a call is never "opened".
 TRACKED = {
-    "email": {"delivered", "opened", "clicked", "converted"},
-    "sms": {"delivered", "clicked", "converted"},
-    "whatsapp": {"delivered", "opened", "clicked", "converted"},
-    "voice": {"delivered", "converted"},
-    "push": {"delivered", "opened", "clicked", "converted"},
+    "email": {DELIVERED, OPENED, CLICKED, CONVERTED},
+    "sms": {DELIVERED, CLICKED, CONVERTED},
+    "whatsapp": {DELIVERED, OPENED, CLICKED, CONVERTED},
+    "voice": {DELIVERED, CONVERTED},
+    "push": {DELIVERED, OPENED, CLICKED, CONVERTED},
 }
+# Counts shown as they are, not as a share of what was sent.
+UNRATED = {DeliveryStatus.PLANNED, DeliveryStatus.SENT}
 STATUS_TONE = {
-    "draft": "neutral", "scheduled": "warn", "sending": "live", "testing": "live",
-    "paused": "warn", "completed": "ok", "cancelled": "bad",
+    Campaign.Status.DRAFT: "neutral", Campaign.Status.SCHEDULED: "warn", Campaign.Status.SENDING: "live",
+    Campaign.Status.TESTING: "live", Campaign.Status.PAUSED: "warn", Campaign.Status.COMPLETED: "ok",
+    Campaign.Status.CANCELLED: "bad",
 }
 DELIVERY_TONE = {
-    "planned": "neutral", "held": "neutral", "sending": "live", "sent": "live", "delivered": "live",
-    "opened": "ok", "clicked": "ok", "converted": "ok", "suppressed": "muted", "cancelled": "muted",
-    "failed": "bad", "bounced": "bad", "complained": "bad", "unsubscribed": "bad",
+    DeliveryStatus.PLANNED: "neutral", DeliveryStatus.HELD: "neutral", DeliveryStatus.SENDING: "live",
+    DeliveryStatus.SENT: "live", DeliveryStatus.DELIVERED: "live", DeliveryStatus.OPENED: "ok",
+    DeliveryStatus.CLICKED: "ok", DeliveryStatus.CONVERTED: "ok", DeliveryStatus.SUPPRESSED: "muted",
+    DeliveryStatus.CANCELLED: "muted", DeliveryStatus.FAILED: "bad", DeliveryStatus.BOUNCED: "bad",
+    DeliveryStatus.COMPLAINED: "bad", DeliveryStatus.UNSUBSCRIBED: "bad",
 }
 
 
@@ -96,21 +107,23 @@ class Progress:
 def _progress(results: queries.Results) -> Progress:
     totals = results.totals
     return Progress(
-        planned=totals["planned"], sent=totals["sent"], failed=totals["failed"] + totals["bounced"],
-        suppressed=totals["suppressed"], cancelled=totals["cancelled"],
+        planned=totals[DeliveryStatus.PLANNED], sent=totals[DeliveryStatus.SENT],
+        failed=totals[DeliveryStatus.FAILED] + totals[DeliveryStatus.BOUNCED],
+        suppressed=totals[DeliveryStatus.SUPPRESSED], cancelled=totals[DeliveryStatus.CANCELLED],
     )
 
 
 def _funnel_row(label: str, counts, *, channel: str = "", key: str = "", goal: bool = True) -> dict:
-    sent = counts.get("sent", 0)
-    tracked = TRACKED.get(channel, set(FUNNEL)) - (set() if goal else {"converted"})
+    sent = counts.get(DeliveryStatus.SENT, 0)
+    tracked = TRACKED.get(channel, set(queries.FUNNEL)) - (set() if goal else {CONVERTED})
     cells = []
-    for metric in FUNNEL:
+    for metric in queries.FUNNEL:
         value = counts.get(metric, 0)
-        rate = _pct(value, sent) if metric not in ("planned", "sent") else None
-        cells.append({"metric": metric, "value": value, "rate": rate, "tracked": metric in tracked or metric in ("planned", "sent")})
+        rate = _pct(value, sent) if metric not in UNRATED else None
+        cells.append({"metric": metric, "value": value, "rate": rate, "tracked": metric in tracked or metric in UNRATED})
     return {"label": label, "channel": channel, "key": key, "cells": cells,
-            "failed": counts.get("failed", 0) + counts.get("bounced", 0), "suppressed": counts.get("suppressed", 0)}
+            "failed": counts.get(DeliveryStatus.FAILED, 0) + counts.get(DeliveryStatus.BOUNCED, 0),
+            "suppressed": counts.get(DeliveryStatus.SUPPRESSED, 0)}
 
 
 def _reason_words(reason: str, labels: dict) -> str:
@@ -206,8 +219,9 @@ def campaign_list(request):
     for campaign in campaigns:
         result = results[campaign.pk]
         rows.append(CampaignRow(
-            campaign, _progress(result), _pct(result.totals["opened"], result.totals["sent"]),
-            _pct(result.totals["clicked"], result.totals["sent"]), STATUS_TONE.get(campaign.status, "neutral"),
+            campaign, _progress(result), _pct(result.totals[OPENED], result.totals[DeliveryStatus.SENT]),
+            _pct(result.totals[CLICKED], result.totals[DeliveryStatus.SENT]),
+            STATUS_TONE.get(campaign.status, "neutral"),
         ))
     return render(request, LIST_TEMPLATE, {"rows": rows, "page": page})
 
@@ -225,7 +239,7 @@ def _compose_page(request, form: CampaignForm, *, campaign: Campaign | None, sta
         "chosen_segments": form.chosen_segments("segment_ids"),
         "excluded_segments": form.chosen_segments("exclude_segment_ids"),
         "personalisation": PERSONALISATION,
-        "sample": message_render.SAMPLE_CUSTOMER,
+        "sample": SAMPLE_CUSTOMER,
         "timezone_name": timezone.get_current_timezone_name(),
         "content_channels": [(channel, CHANNEL_LABELS[channel]) for channel in CONTENT_INPUTS],
     }
@@ -239,7 +253,7 @@ def campaign_new(request):
         form = CampaignForm(request.POST)
         if form.is_valid():
             try:
-                campaign = services.campaign_create(data=form.to_input(), actor=user_actor(request), user=request.user)
+                campaign = compose.campaign_create(data=form.to_input(), actor=user_actor(request), user=request.user)
             except InputError as exc:
                 form.add_service_errors(exc)
             else:
@@ -257,7 +271,7 @@ def campaign_edit(request, campaign_id: int):
         form = CampaignForm(request.POST)
         if form.is_valid():
             try:
-                campaign = services.campaign_update(campaign=campaign, data=form.to_input(), actor=user_actor(request))
+                campaign = compose.campaign_update(campaign=campaign, data=form.to_input(), actor=user_actor(request))
             except InputError as exc:
                 form.add_service_errors(exc)
             else:
@@ -267,7 +281,7 @@ def campaign_edit(request, campaign_id: int):
     if not campaign.is_editable:
         messages.info(request, f"“{campaign.name}” is {campaign.get_status_display().lower()}; only drafts can be changed.")
         return redirect("campaigns:detail", campaign.pk)
-    form = CampaignForm(initial=initial_from(services.campaign_input_from(campaign)))
+    form = CampaignForm(initial=initial_from(compose.campaign_input_from(campaign)))
     return _compose_page(request, form, campaign=campaign)
 
 
@@ -310,9 +324,9 @@ def campaign_preview(request):
     """The selected variant and channel rendered for the sample customer; nothing is saved."""
     key, channel, rendered, problem = preview_content(request.POST)
     context = {"key": key, "channel": channel, "channel_label": CHANNEL_LABELS[channel], "rendered": rendered,
-               "problem": problem, "sample": message_render.SAMPLE_CUSTOMER, "sms": None}
+               "problem": problem, "sample": SAMPLE_CUSTOMER, "sms": None}
     if rendered is not None and channel == "sms":
-        context["sms"] = message_render.sms_length(rendered.get("body", ""))
+        context["sms"] = sms_length(rendered.get("body", ""))
     if rendered is not None and channel == "email" and rendered.get("html"):
         context["frame_key"] = _preview_frame_key(request, rendered["html"])
     return render(request, f"{COMPOSE_TEMPLATE}#preview", context)
@@ -336,7 +350,7 @@ def campaign_preview_frame(request, frame_key: str):
 def campaign_delete(request, campaign_id: int):
     campaign = queries.campaign_for(request.user, campaign_id)
     try:
-        services.campaign_delete(campaign=campaign, actor=user_actor(request))
+        compose.campaign_delete(campaign=campaign, actor=user_actor(request))
     except InputError as exc:
         messages.error(request, "Not deleted: " + _errors_sentence(exc))
         return redirect("campaigns:detail", campaign.pk)
@@ -380,7 +394,7 @@ def campaign_launch(request, campaign_id: int):
     campaign = queries.campaign_for(request.user, campaign_id)
     if request.method == "POST":
         try:
-            campaign = services.campaign_launch(campaign=campaign, actor=user_actor(request))
+            campaign = lifecycle.campaign_launch(campaign=campaign, actor=user_actor(request))
         except InputError as exc:
             if not campaign.is_editable:
                 messages.error(request, _errors_sentence(exc))
@@ -469,19 +483,19 @@ def _lifecycle(request, campaign_id: int, action, done: str):
 @role_required(MARKETER)
 @require_POST
 def campaign_pause(request, campaign_id: int):
-    return _lifecycle(request, campaign_id, services.campaign_pause, "“{name}” paused: nothing more is sent until you resume.")
+    return _lifecycle(request, campaign_id, lifecycle.campaign_pause, "“{name}” paused: nothing more is sent until you resume.")
 
 
 @role_required(MARKETER)
 @require_POST
 def campaign_resume(request, campaign_id: int):
-    return _lifecycle(request, campaign_id, services.campaign_resume, "“{name}” resumed.")
+    return _lifecycle(request, campaign_id, lifecycle.campaign_resume, "“{name}” resumed.")
 
 
 @role_required(MARKETER)
 @require_POST
 def campaign_cancel(request, campaign_id: int):
-    return _lifecycle(request, campaign_id, services.campaign_cancel,
+    return _lifecycle(request, campaign_id, lifecycle.campaign_cancel,
                       "“{name}” cancelled: messages not yet sent will not be sent.")
 
 
@@ -491,7 +505,7 @@ def campaign_send_remainder(request, campaign_id: int):
     campaign = queries.campaign_for(request.user, campaign_id)
     channel = request.POST.get("channel") or None
     try:
-        campaign = services.campaign_send_remainder(
+        campaign = lifecycle.campaign_send_remainder(
             campaign=campaign, actor=user_actor(request), variant_id=_int(request.POST.get("variant")), channel=channel,
         )
     except InputError as exc:
@@ -525,7 +539,7 @@ def outbox_list(request):
 def _without_open_pixel(html: str) -> str:
     """The email minus its open pixel, with links that go nowhere: looking at it here must not
     count as the customer opening it or clicking (a sandboxed frame may not open new windows)."""
-    prefix = message_render.absolute(reverse("tracking:open", args=["token"])).rsplit("/", 1)[0] + "/"
+    prefix = absolute(reverse("tracking:open", args=["token"])).rsplit("/", 1)[0] + "/"
     return '<base target="_blank">' + re.sub(r'<img[^>]*src="' + re.escape(prefix) + r'[^"]*"[^>]*>', "", html)
 
 

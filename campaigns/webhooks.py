@@ -36,8 +36,9 @@ from django.views.decorators.http import require_POST
 from customers.models import ChannelKind, Customer, Subscription
 from customers.services.preferences import channel_status_set, subscriptions_change
 
+from .models import DeliveryStatus
 from .providers import DeliveryEvent
-from .services import delivery_events_apply
+from .services.delivery_events import delivery_events_apply
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ SOURCE = "twilio-inbound"
 
 # MessageStatus / CallStatus → delivery event kind; the statuses not listed are steps on the
 # way (accepted, queued, sending, sent, ringing, in-progress, …) and change nothing.
-POSITIVE = {"delivered": "delivered", "completed": "delivered", "read": "opened"}
+POSITIVE = {"delivered": DeliveryStatus.DELIVERED, "completed": DeliveryStatus.DELIVERED, "read": DeliveryStatus.OPENED}
 NEGATIVE = {"undelivered", "failed", "busy", "no-answer", "canceled"}
 # Error codes that mean the number itself is unusable: a hard bounce, not a bad day.
 BOUNCE_CODES = {21211, 21614, 30005, 30006}
@@ -128,7 +129,7 @@ def _event(params: dict[str, str]) -> DeliveryEvent | JsonResponse | None:
     if status in POSITIVE:
         kind, reason = POSITIVE[status], ""
     elif status in NEGATIVE:
-        kind = "bounced" if code in BOUNCE_CODES else "failed"
+        kind = DeliveryStatus.BOUNCED if code in BOUNCE_CODES else DeliveryStatus.FAILED
         if code:
             reason = f"Twilio {code}: {params.get('ErrorMessage') or ERROR_TEXT.get(code, status)}"
         else:

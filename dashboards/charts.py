@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from campaigns.models import DeliveryStatus
 from core.charts import PRIMARY, figure_dict, layout
 from customers.models import ChannelKind
 
-METRIC_COLORS = {"opened": PRIMARY, "clicked": "#0e9f6e", "converted": "#d97706", "sent": "#94a3b8"}
+from .queries import SERIES
+
+OPENED, CLICKED, CONVERTED, SENT = (
+    DeliveryStatus.OPENED, DeliveryStatus.CLICKED, DeliveryStatus.CONVERTED, DeliveryStatus.SENT
+)
+METRIC_COLORS = {OPENED: PRIMARY, CLICKED: "#0e9f6e", CONVERTED: "#d97706", SENT: "#94a3b8"}
 CHANNEL_DASH = {"email": "solid", "sms": "dot", "whatsapp": "dash", "push": "dashdot", "voice": "longdash"}
-METRIC_LABELS = {"opened": "Opens", "clicked": "Clicks", "converted": "Conversions", "sent": "Sent"}
+METRIC_LABELS = {OPENED: "Opens", CLICKED: "Clicks", CONVERTED: "Conversions", SENT: "Sent"}
 
 
 def _layout(height: int, *, margin: dict | None = None, **extra) -> dict:
@@ -41,9 +47,9 @@ def campaign_series(dashboard) -> dict:
     # Lines need two points; the first minutes of a campaign show markers too.
     mode = "lines+markers" if len(dashboard.series_x) <= 30 else "lines"
     for channel, metrics in dashboard.series.items():
-        for metric in ("opened", "clicked", "converted"):
+        for metric in SERIES:
             values = metrics[metric]
-            if channel in ("sms", "voice") and metric == "opened" and not any(values):
+            if channel in ("sms", "voice") and metric == OPENED and not any(values):
                 continue  # SMS has no opens; a flat zero line would only mislead
             peak = max([peak, *values])
             figure.add_trace(go.Scatter(

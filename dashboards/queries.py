@@ -10,13 +10,14 @@ from datetime import datetime, timedelta
 from django.db.models import Sum
 from django.utils import timezone
 
-from campaigns.models import Campaign, Counter
+from campaigns.models import Campaign, Counter, DeliveryStatus
 from campaigns.queries import FUNNEL, campaign_results, staged_results
 from customers.models import ChannelKind, Customer, IngestCounter
 from segments.models import Segment, SegmentSize
 
-METRICS = ("sent", "delivered", "opened", "clicked", "converted")
-SERIES = ("opened", "clicked", "converted")
+SENT = DeliveryStatus.SENT
+METRICS = (SENT, DeliveryStatus.DELIVERED, DeliveryStatus.OPENED, DeliveryStatus.CLICKED, DeliveryStatus.CONVERTED)
+SERIES = (DeliveryStatus.OPENED, DeliveryStatus.CLICKED, DeliveryStatus.CONVERTED)
 SERIES_MINUTES = 120
 
 
@@ -31,7 +32,7 @@ class ChannelRow:
     counts: dict
 
     def rate(self, metric: str) -> float | None:
-        return rate(self.counts.get(metric, 0), self.counts.get("sent", 0))
+        return rate(self.counts.get(metric, 0), self.counts.get(SENT, 0))
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Period:
     channels: list[ChannelRow]
 
     def rate(self, metric: str) -> float | None:
-        return rate(self.totals.get(metric, 0), self.totals.get("sent", 0))
+        return rate(self.totals.get(metric, 0), self.totals.get(SENT, 0))
 
 
 def _periods(now: datetime) -> list[Period]:
@@ -86,15 +87,17 @@ class CampaignProgress:
 
 def _active_campaigns() -> list[CampaignProgress]:
     campaigns = list(
-        Campaign.objects.filter(status__in=["scheduled", "sending", "testing", "paused"]).order_by("-launched_at")[:6]
+        Campaign.objects.filter(status__in=[
+            Campaign.Status.SCHEDULED, Campaign.Status.SENDING, Campaign.Status.TESTING, Campaign.Status.PAUSED,
+        ]).order_by("-launched_at")[:6]
     )
     results = campaign_results([c.pk for c in campaigns])
     progress = []
     for campaign in campaigns:
         totals = results[campaign.pk].totals
         progress.append(CampaignProgress(
-            campaign, totals.get("planned", 0), results[campaign.pk].done, totals.get("sent", 0),
-            totals.get("opened", 0), totals.get("converted", 0),
+            campaign, totals.get(DeliveryStatus.PLANNED, 0), results[campaign.pk].done, totals.get(SENT, 0),
+            totals.get(DeliveryStatus.OPENED, 0), totals.get(DeliveryStatus.CONVERTED, 0),
         ))
     return progress
 
@@ -182,12 +185,12 @@ class FunnelRow:
     label: str
     counts: dict
 
-    def rate(self, metric: str, base: str = "sent") -> float | None:
+    def rate(self, metric: str, base: str = SENT) -> float | None:
         return rate(self.counts.get(metric, 0), self.counts.get(base, 0))
 
     @property
     def failed(self) -> int:
-        return self.counts.get("failed", 0) + self.counts.get("bounced", 0)
+        return self.counts.get(DeliveryStatus.FAILED, 0) + self.counts.get(DeliveryStatus.BOUNCED, 0)
 
 
 @dataclass
@@ -207,7 +210,7 @@ class CampaignDashboard:
 
     @property
     def planned(self) -> int:
-        return self.totals.get("planned", 0)
+        return self.totals.get(DeliveryStatus.PLANNED, 0)
 
     @property
     def percent(self) -> int:
@@ -239,18 +242,18 @@ def campaign_dashboard(campaign: Campaign, *, now: datetime | None = None) -> Ca
     minutes = max(1, int((now - start).total_seconds() // 60) + 1)
     xs = [start + timedelta(minutes=i) for i in range(minutes)]
     index = {x: i for i, x in enumerate(xs)}
-    series = {ch: {m: [0] * minutes for m in SERIES + ("sent",)} for ch in campaign.channels}
+    series = {ch: {m: [0] * minutes for m in SERIES + (SENT,)} for ch in campaign.channels}
     for row in Counter.objects.filter(
         grain=Counter.Grain.MINUTE, campaign_id=campaign.pk, journey_id=0, bucket__gte=start,
-        metric__in=SERIES + ("sent",),
+        metric__in=SERIES + (SENT,),
     ).values_list("bucket", "channel", "metric", "value"):
         bucket, channel, metric, value = row
         if channel in series and bucket in index:
             series[channel][metric][index[bucket]] += value
     # Sending rate over the last five minutes, for the finish estimate.
-    recent = sum(sum(values["sent"][-5:]) for values in series.values())
+    recent = sum(sum(values[SENT][-5:]) for values in series.values())
     send_rate = recent / min(5, minutes)
-    remaining = max(0, totals.get("planned", 0) - results.done)
+    remaining = max(0, totals.get(DeliveryStatus.PLANNED, 0) - results.done)
     eta = now + timedelta(minutes=remaining / send_rate) if send_rate and remaining else None
     staged = staged_results(campaign) if campaign.is_staged else None
     return CampaignDashboard(

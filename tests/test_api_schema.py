@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from campaigns import dispatch
-from campaigns import services as campaign_services
+from campaigns.services.lifecycle import campaign_launch, campaign_pause
 from campaigns.models import Delivery
 from segments.services import segment_create
 from tests.campaigns.conftest import audience, make_campaign  # noqa: F401  (the fixture)
@@ -53,10 +53,10 @@ def seeded(audience):  # noqa: F811
     )
     draft = make_campaign(audience, name="Winter sale")
     sending = make_campaign(audience, channels=("email",), name="Spring sale")
-    campaign_services.campaign_launch(campaign=sending, actor="test")
+    campaign_launch(campaign=sending, actor="test")
     paused = make_campaign(audience, channels=("sms",), name="Summer sale")
-    campaign_services.campaign_launch(campaign=paused, actor="test")
-    campaign_services.campaign_pause(campaign=paused, actor="test")
+    campaign_launch(campaign=paused, actor="test")
+    campaign_pause(campaign=paused, actor="test")
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     deliveries = list(Delivery.objects.filter(campaign=sending).values_list("pk", flat=True))
     assert deliveries

@@ -43,14 +43,14 @@ def static_segment(db):
 
 @pytest.fixture
 def draft(db, topics, static_segment):
-    from campaigns import services
+    from campaigns.services.compose import CampaignInput, VariantInput, campaign_create
     from customers.models import ChannelKind
 
-    data = services.CampaignInput(
+    data = CampaignInput(
         name="Winter sale", topic="newsletter", channels=[ChannelKind.SMS], segment_ids=[static_segment.pk],
-        variants=[services.VariantInput(key="A", content={"sms": {"body": "Hi"}})],
+        variants=[VariantInput(key="A", content={"sms": {"body": "Hi"}})],
     )
-    return services.campaign_create(data=data, actor="test")
+    return campaign_create(data=data, actor="test")
 
 
 def _campaign(**overrides) -> dict:

@@ -6,10 +6,13 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from campaigns import dispatch, services
+from campaigns import dispatch
+from campaigns.services.compose import CampaignInput, VariantInput, campaign_create
+from campaigns.services.delivery_events import delivery_events_apply
+from campaigns.services.lifecycle import campaign_launch
 from campaigns.models import Campaign, Content, Delivery
 from campaigns.providers import DeliveryEvent
-from campaigns.render import sms_length
+from campaigns.sms import sms_length
 from segments.services import static_members_change
 from tests.campaigns.conftest import audience  # noqa: F401  (the fixture)
 from tests.conftest import PASSWORD, WAIT_SECONDS
@@ -177,7 +180,7 @@ def test_a_marketer_composes_fixes_launches_and_reads_a_campaign(live_server, pa
     events += [DeliveryEvent("opened", now, delivery_id=d.pk) for d in email[:12]]
     events += [DeliveryEvent("clicked", now, delivery_id=d.pk) for d in email[:4] + sms[:3]]
     events += [DeliveryEvent("bounced", now, delivery_id=email[-1].pk, reason="550 mailbox unavailable")]
-    services.delivery_events_apply(events=events)
+    delivery_events_apply(events=events)
     page.reload()
     results = page.locator("#campaign-results")
     expect(results.locator('[data-stat="sent"]')).to_have_text("37")
@@ -210,8 +213,8 @@ def test_a_marketer_composes_fixes_launches_and_reads_a_campaign(live_server, pa
 def test_a_staged_ab_test_is_decided_from_the_campaign_page(live_server, page, shots, marketer, crowd):
     content = {"email": {"subject": "Winter sale", "html": "<p>Hi {{ first_name }}</p>"},
                "sms": {"body": "Hi {{ first_name }}, winter sale today"}}
-    variants = [services.VariantInput(key="A", content=content),
-                services.VariantInput(key="B", name="Short subject",
+    variants = [VariantInput(key="A", content=content),
+                VariantInput(key="B", name="Short subject",
                                       content={**content, "email": {"subject": "Sale!", "html": "<p>Sale</p>"}})]
     # Who is held back is drawn from a hash of the campaign and customer ids. 15 more shoppers
     # and a 60% test keep the test group as large as 90% of the crowd would, while leaving
@@ -220,16 +223,16 @@ def test_a_staged_ab_test_is_decided_from_the_campaign_page(live_server, page, s
     for customer in more:
         SubscriptionFactory(customer=customer, topic=crowd["topic"], channel="email")
     static_members_change(segment=crowd["segment"], add=True, ids=[customer.pk for customer in more], actor="test")
-    data = services.CampaignInput(
+    data = CampaignInput(
         name="Subject line test", topic="newsletter", channels=["email", "sms"], segment_ids=[crowd["segment"].pk],
         variants=variants, test_percent=60, test_metric="click", test_hours=6,
     )
-    campaign = services.campaign_create(data=data, actor="test")
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign = campaign_create(data=data, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     sent = Delivery.objects.filter(campaign=campaign, status="sent").select_related("variant")
     clicks = [d for d in sent if d.variant.key == "B"][:6] + [d for d in sent if d.variant.key == "A"][:1]
-    services.delivery_events_apply(events=[DeliveryEvent("clicked", timezone.now(), delivery_id=d.pk) for d in clicks])
+    delivery_events_apply(events=[DeliveryEvent("clicked", timezone.now(), delivery_id=d.pk) for d in clicks])
     held = Delivery.objects.filter(campaign=campaign, status="held").count()
 
     sign_in(page, live_server, marketer)

@@ -25,7 +25,9 @@ from django.utils import timezone
 from playwright.sync_api import expect
 from psycopg.conninfo import make_conninfo
 
-from campaigns import dispatch, services
+from campaigns import dispatch
+from campaigns.services.delivery_events import delivery_events_apply
+from campaigns.services.lifecycle import campaign_launch
 from campaigns.models import Delivery, SandboxMessage
 from campaigns.providers import DeliveryEvent
 from tests.campaigns.conftest import audience, make_campaign  # noqa: F401  (the fixture)
@@ -144,7 +146,7 @@ def asgi_server(running_asgi_server):
 def sent(audience):  # noqa: F811
     """An email campaign dispatched through the sandbox: ada, bob and fay got it."""
     campaign = make_campaign(audience, channels=("email",))
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     deliveries = {
         d.customer.first_name.lower(): d
@@ -279,7 +281,7 @@ def test_the_dashboard_says_when_it_loses_the_server_and_catches_up_when_it_is_b
     expect(status).to_have_attribute("data-state", "down")
     expect(status).to_contain_text("reconnecting")
     # A click recorded while the dashboard cannot hear about it…
-    services.delivery_events_apply(events=[DeliveryEvent("clicked", timezone.now(), delivery_id=deliveries["bob"].pk)])
+    delivery_events_apply(events=[DeliveryEvent("clicked", timezone.now(), delivery_id=deliveries["bob"].pk)])
     # Let a reconnect attempt fail before the server is back.
     if not any(when == "outage" and kind == "console" for when, kind, _ in errors):
         watcher.wait_for_event("console", predicate=lambda message: message.type == "error")

@@ -160,11 +160,11 @@ def assert_nothing_inline_without_the_nonce(response):
 
 
 def test_every_page_sends_the_policy_and_nothing_inline_slips_past_it(client, marketer, customer, topics):
-    from campaigns import render
+    from campaigns import links
     from segments.services import segment_create
 
     segment = segment_create(name="Everyone", static=True, actor="test")
-    anonymous = ["/accounts/login/", render.preferences_url(customer.pk).removeprefix(settings.SITE_URL), "/p/"]
+    anonymous = ["/accounts/login/", links.preferences_url(customer.pk).removeprefix(settings.SITE_URL), "/p/"]
     for path in anonymous:
         response = client.get(path)
         assert response.status_code == 200, path

@@ -7,7 +7,7 @@
 (function () {
   "use strict";
 
-  // The same rule as campaigns.render.sms_length: GSM-7 unless a character is outside it,
+  // The same rule as campaigns.sms.sms_length: GSM-7 unless a character is outside it,
   // then UCS-2 counted in UTF-16 code units (most emoji take two).
   var GSM7_BASIC = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?" +
     "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";

@@ -1,6 +1,6 @@
 import pytest
 
-from campaigns import services
+from campaigns.services.compose import CampaignInput, VariantInput, campaign_create
 from customers.models import ChannelKind
 from segments.services import segment_create, static_members_change
 from tests.factories import CustomerFactory, SubscriptionFactory
@@ -43,9 +43,9 @@ def make_campaign(audience, *, channels=("email", "sms"), strategy="all", varian
         "voice": {"text": "Hello {{ first_name }}"},
         "push": {"title": "Sale", "body": "Hi {{ first_name }}", "link": "app://sale"},
     }
-    variants = variants or [services.VariantInput(key="A", content={c: content[c] for c in channels})]
-    data = services.CampaignInput(
+    variants = variants or [VariantInput(key="A", content={c: content[c] for c in channels})]
+    data = CampaignInput(
         name=extra.pop("name", "Winter sale"), topic=audience["topic"].key, channels=list(channels),
         segment_ids=[audience["segment"].pk], strategy=strategy, variants=variants, **extra,
     )
-    return services.campaign_create(data=data, actor="test")
+    return campaign_create(data=data, actor="test")

@@ -6,7 +6,18 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from campaigns import dispatch, outbox, services, simulation
+from campaigns import dispatch, outbox, simulation
+from campaigns.services.compose import VariantInput
+from campaigns.services.delivery_events import engagement_record
+from campaigns.services.lifecycle import (
+    campaign_cancel,
+    campaign_launch,
+    campaign_pause,
+    campaign_resume,
+    campaign_send_remainder,
+    campaigns_tick,
+)
+from campaigns.services.messages import message_send
 from campaigns.models import Campaign, Counter, Delivery, SandboxMessage
 from campaigns.queries import campaign_summary, staged_results
 from customers.models import Event
@@ -20,7 +31,7 @@ from tests.factories import CustomerFactory, SubscriptionFactory
 
 def test_writing_the_snapshot_twice_creates_nothing_new(audience):
     campaign = make_campaign(audience)
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     before = Delivery.objects.filter(campaign=campaign).count()
     now = timezone.now()
     written, _, _ = outbox.snapshot_write(Campaign.objects.get(pk=campaign.pk), now=now, start=now)
@@ -30,7 +41,7 @@ def test_writing_the_snapshot_twice_creates_nothing_new(audience):
 
 def test_a_delivery_left_sending_by_a_dead_worker_is_settled_without_a_second_send(audience):
     campaign = make_campaign(audience, channels=("email",))
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     now = timezone.now()
     claimed = dispatch.claim(limit=100, now=now)
     assert len(claimed) == 3
@@ -52,7 +63,7 @@ def test_a_delivery_left_sending_by_a_dead_worker_is_settled_without_a_second_se
 
 def test_a_late_worker_cannot_overwrite_what_another_settled(audience):
     campaign = make_campaign(audience, channels=("email",))
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     now = timezone.now()
     ids = dispatch.claim(limit=100, now=now)
     Delivery.objects.filter(pk__in=ids).update(lease_until=now - timedelta(seconds=1))
@@ -67,19 +78,19 @@ def test_a_late_worker_cannot_overwrite_what_another_settled(audience):
 
 def test_pause_holds_sending_and_resume_continues(audience):
     campaign = make_campaign(audience)
-    services.campaign_launch(campaign=campaign, actor="test")
-    services.campaign_pause(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
+    campaign_pause(campaign=campaign, actor="test")
     assert dispatch.dispatch(budget_seconds=WAIT_SECONDS) == {}
     with pytest.raises(InputError):
-        services.campaign_pause(campaign=campaign, actor="test")
-    services.campaign_resume(campaign=campaign, actor="test")
+        campaign_pause(campaign=campaign, actor="test")
+    campaign_resume(campaign=campaign, actor="test")
     assert dispatch.dispatch(budget_seconds=WAIT_SECONDS)["sent"] == 5
 
 
 def test_cancel_stops_what_is_not_sent(audience):
     campaign = make_campaign(audience)
-    services.campaign_launch(campaign=campaign, actor="test")
-    services.campaign_cancel(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
+    campaign_cancel(campaign=campaign, actor="test")
     assert dispatch.dispatch(budget_seconds=WAIT_SECONDS) == {}
     assert Delivery.objects.filter(campaign=campaign, status="cancelled").count() == 5
     assert Campaign.objects.get(pk=campaign.pk).status == "cancelled"
@@ -87,7 +98,7 @@ def test_cancel_stops_what_is_not_sent(audience):
 
 def test_throttle_sends_no_more_than_allowed_per_minute(audience):
     campaign = make_campaign(audience, throttle_per_minute=2)
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     assert dispatch.dispatch(budget_seconds=WAIT_SECONDS)["sent"] == 2
     assert Delivery.objects.filter(campaign=campaign, status="planned").count() == 3
 
@@ -103,26 +114,26 @@ def test_staged_ab_test_holds_the_rest_until_a_winner_is_sent(audience):
     content = lambda word: {"email": {"subject": word, "html": f"<p>{word}</p>"}}  # noqa: E731
     campaign = make_campaign(
         audience, channels=("email",),
-        variants=[services.VariantInput(key="A", content=content("Alpha")), services.VariantInput(key="B", content=content("Beta"))],
+        variants=[VariantInput(key="A", content=content("Alpha")), VariantInput(key="B", content=content("Beta"))],
         test_percent=50, test_metric="click",
     )
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     rows = Delivery.objects.filter(campaign=campaign).exclude(status="suppressed")
     held = rows.filter(status="held")
     assert rows.filter(test_group=True).count() + held.count() == rows.count()
     assert all(d.variant_id is None for d in held)
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
-    services.campaigns_tick()
+    campaigns_tick()
     assert held.exists()
     assert Campaign.objects.get(pk=campaign.pk).status == "testing"
     b = campaign.variants.get(key="B")
-    services.campaign_send_remainder(campaign=campaign, actor="test", variant_id=b.pk)
+    campaign_send_remainder(campaign=campaign, actor="test", variant_id=b.pk)
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     assert not Delivery.objects.filter(campaign=campaign, status="held").exists()
     remainder = Delivery.objects.filter(campaign=campaign, test_group=False).exclude(status="suppressed")
     assert all(d.variant_id == b.pk and d.status == "sent" for d in remainder)
     with pytest.raises(InputError):
-        services.campaign_send_remainder(campaign=campaign, actor="test")
+        campaign_send_remainder(campaign=campaign, actor="test")
 
 
 def test_significance_needs_a_real_difference():
@@ -136,7 +147,7 @@ def test_significance_needs_a_real_difference():
 
 def test_a_goal_event_converts_the_last_delivery_within_the_window(audience, django_capture_on_commit_callbacks):
     campaign = make_campaign(audience, channels=("email",), goal_event="order_completed", goal_within_hours=24)
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     ada = audience["people"]["ada"]
     with django_capture_on_commit_callbacks(execute=True):
@@ -157,13 +168,13 @@ def test_a_goal_event_converts_the_last_delivery_within_the_window(audience, dja
 
 def test_one_off_message_goes_through_the_same_policy(audience, topics):
     dee = audience["people"]["dee"]
-    result = services.message_send(customer=dee, topic=topics["newsletter"], channel="email",
+    result = message_send(customer=dee, topic=topics["newsletter"], channel="email",
                                    content={"subject": "Hi", "html": "<p>Hi</p>"}, actor="test")
     assert (result.action, result.reason) == ("suppress", "not_subscribed")
-    receipt = services.message_send(customer=dee, topic=topics["alerts"], channel="sms",
+    receipt = message_send(customer=dee, topic=topics["alerts"], channel="sms",
                                     content={"body": "Your order shipped"}, actor="test", idempotency_key="ship-1")
     assert receipt.action == "send"
-    again = services.message_send(customer=dee, topic=topics["alerts"], channel="sms",
+    again = message_send(customer=dee, topic=topics["alerts"], channel="sms",
                                   content={"body": "Your order shipped"}, actor="test", idempotency_key="ship-1")
     assert again.duplicate and again.delivery.pk == receipt.delivery.pk
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
@@ -199,13 +210,13 @@ def test_demo_campaigns_and_simulated_engagement(db, settings, django_capture_on
 
 def test_the_tracking_fast_path_counts_like_the_general_one(audience):
     campaign = make_campaign(audience, channels=("email",))
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     first, second = Delivery.objects.filter(campaign=campaign, status="sent")[:2]
-    assert services.engagement_record(delivery_id=first.pk, kind="clicked") == 3  # delivered, opened, clicked
-    assert services.engagement_record(delivery_id=first.pk, kind="opened") == 0
-    assert services.engagement_record(delivery_id=first.pk, kind="clicked") == 0
-    assert services.engagement_record(delivery_id=second.pk, kind="opened") == 2
+    assert engagement_record(delivery_id=first.pk, kind="clicked") == 3  # delivered, opened, clicked
+    assert engagement_record(delivery_id=first.pk, kind="opened") == 0
+    assert engagement_record(delivery_id=first.pk, kind="clicked") == 0
+    assert engagement_record(delivery_id=second.pk, kind="opened") == 2
     first.refresh_from_db()
     assert first.status == "clicked"
     totals = campaign_summary(campaign)["totals"]
@@ -221,7 +232,7 @@ def test_a_slow_batch_keeps_its_lease_so_no_other_worker_takes_it_over(audience,
     # machine) before the lease runs out.
     settings.DELIVERY_LEASE_SECONDS = 2
     campaign = make_campaign(audience, channels=("email",))
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     ids = dispatch.claim(limit=100, now=timezone.now())
     keeper = dispatch.LeaseKeeper(ids)
     keeper.start()

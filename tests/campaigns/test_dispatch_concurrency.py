@@ -6,7 +6,8 @@ from collections import Counter
 import pytest
 from django.db import connection
 
-from campaigns import dispatch, services
+from campaigns import dispatch
+from campaigns.services.lifecycle import campaign_launch
 from campaigns.models import Delivery
 from segments.services import segment_create, static_members_change
 from tests.campaigns.conftest import make_campaign
@@ -42,7 +43,7 @@ def test_two_workers_sending_two_campaigns_to_the_same_customers_keep_the_cap(tw
     audience = {"segment": segment, "topic": topics["newsletter"]}
     # Both launched before anything was sent: each plans one SMS per customer.
     for name in ("Sale", "Clearance"):
-        services.campaign_launch(campaign=make_campaign(audience, channels=("sms",), name=name), actor="test")
+        campaign_launch(campaign=make_campaign(audience, channels=("sms",), name=name), actor="test")
     assert Delivery.objects.filter(status="planned").count() == 2 * CUSTOMERS
 
     # Each worker claims a batch of one campaign's size, so each takes one campaign.

@@ -8,7 +8,8 @@ from datetime import time, timedelta
 import pytest
 from django.utils import timezone
 
-from campaigns import dispatch, services
+from campaigns import dispatch
+from campaigns.services.lifecycle import campaign_launch
 from campaigns.models import Campaign, Delivery
 from campaigns.queries import campaign_summary
 from customers.models import ChannelStatus, Event, Subscription
@@ -40,7 +41,7 @@ def smtp(sending):
 
 def launch(audience, **extra):
     campaign = make_campaign(audience, channels=("email",), **extra)
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     return campaign
 
 

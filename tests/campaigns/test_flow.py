@@ -1,6 +1,8 @@
 """The whole path a marketer relies on: launch, policy, send once, record, count."""
 
-from campaigns import dispatch, services
+from campaigns import dispatch
+from campaigns.services.delivery_events import delivery_events_apply
+from campaigns.services.lifecycle import campaign_launch, campaigns_tick
 from campaigns.models import Campaign, Counter, Delivery, SandboxMessage
 from campaigns.queries import campaign_summary
 from customers.models import Event
@@ -10,7 +12,7 @@ from tests.conftest import WAIT_SECONDS
 
 def test_launch_writes_one_delivery_per_allowed_channel_and_suppresses_with_reasons(audience):
     campaign = make_campaign(audience)
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     people = audience["people"]
     rows = {(d.customer_id, d.channel): (d.status, d.reason) for d in Delivery.objects.filter(campaign=campaign)}
     assert rows[(people["ada"].pk, "email")] == ("planned", "")
@@ -26,7 +28,7 @@ def test_launch_writes_one_delivery_per_allowed_channel_and_suppresses_with_reas
 
 def test_dispatch_sends_each_delivery_once_and_records_everything(audience):
     campaign = make_campaign(audience)
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     result = dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     assert result["sent"] == 5
     assert dispatch.dispatch(budget_seconds=WAIT_SECONDS) == {}
@@ -41,13 +43,13 @@ def test_dispatch_sends_each_delivery_once_and_records_everything(audience):
     summary = campaign_summary(Campaign.objects.get(pk=campaign.pk))
     assert summary["totals"]["sent"] == 5
     assert summary["channels"]["sms"]["sent"] == 2
-    services.campaigns_tick()
+    campaigns_tick()
     assert Campaign.objects.get(pk=campaign.pk).status == "completed"
 
 
 def test_preferred_strategy_picks_one_channel(audience):
     campaign = make_campaign(audience, strategy="preferred")
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     people = audience["people"]
     rows = {d.customer_id: (d.channel, d.status, d.routed_by) for d in Delivery.objects.filter(campaign=campaign)}
     assert len(rows) == 6
@@ -58,7 +60,7 @@ def test_preferred_strategy_picks_one_channel(audience):
 
 def test_engagement_events_count_once_and_move_forward(audience):
     campaign = make_campaign(audience, channels=("email",))
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     delivery = Delivery.objects.get(campaign=campaign, customer=audience["people"]["ada"])
     from django.utils import timezone
@@ -66,9 +68,9 @@ def test_engagement_events_count_once_and_move_forward(audience):
     from campaigns.providers import DeliveryEvent
 
     now = timezone.now()
-    services.delivery_events_apply(events=[DeliveryEvent("clicked", now, delivery_id=delivery.pk)])
-    services.delivery_events_apply(events=[DeliveryEvent("opened", now, delivery_id=delivery.pk)])
-    services.delivery_events_apply(events=[DeliveryEvent("clicked", now, delivery_id=delivery.pk)])
+    delivery_events_apply(events=[DeliveryEvent("clicked", now, delivery_id=delivery.pk)])
+    delivery_events_apply(events=[DeliveryEvent("opened", now, delivery_id=delivery.pk)])
+    delivery_events_apply(events=[DeliveryEvent("clicked", now, delivery_id=delivery.pk)])
     delivery.refresh_from_db()
     assert delivery.status == "clicked" and delivery.opened_at and delivery.delivered_at
     totals = campaign_summary(campaign)["totals"]

@@ -6,7 +6,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.utils import timezone
 
-from campaigns import dispatch, policy, services
+from campaigns import dispatch, policy
+from campaigns.services.lifecycle import campaign_launch
 from campaigns.models import Delivery
 from customers.models import ChannelKind
 from customers.services.preferences import channel_status_set, consent_record, subscription_set
@@ -88,11 +89,11 @@ def test_unknown_timezone_falls_back_instead_of_failing(topics):
 def test_frequency_cap_counts_every_channel_and_campaign(audience, settings):
     settings.FREQUENCY_CAP_MESSAGES = 2
     ada = audience["people"]["ada"]  # email and SMS
-    services.campaign_launch(campaign=make_campaign(audience, name="First"), actor="test")
+    campaign_launch(campaign=make_campaign(audience, name="First"), actor="test")
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     assert Delivery.objects.filter(customer=ada, status="sent").count() == 2
     second = make_campaign(audience, name="Second")
-    services.campaign_launch(campaign=second, actor="test")
+    campaign_launch(campaign=second, actor="test")
     reasons = dict(Delivery.objects.filter(campaign=second, customer=ada).values_list("channel", "reason"))
     assert reasons == {"email": "frequency_cap", "sms": "frequency_cap"}
     # Bob got one message: one more is allowed.
@@ -103,8 +104,8 @@ def test_frequency_cap_counts_every_channel_and_campaign(audience, settings):
 def test_the_cap_is_checked_again_at_send_time(audience, settings):
     settings.FREQUENCY_CAP_MESSAGES = 1
     first, second = make_campaign(audience, name="First"), make_campaign(audience, name="Second")
-    services.campaign_launch(campaign=first, actor="test")
-    services.campaign_launch(campaign=second, actor="test")  # both planned before anything was sent
+    campaign_launch(campaign=first, actor="test")
+    campaign_launch(campaign=second, actor="test")  # both planned before anything was sent
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     ada = audience["people"]["ada"]
     sent = Delivery.objects.filter(customer=ada, status="sent")
@@ -114,7 +115,7 @@ def test_the_cap_is_checked_again_at_send_time(audience, settings):
 
 def test_an_unsubscribe_after_launch_stops_the_send(audience):
     campaign = make_campaign(audience, channels=("email",))
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     bob = audience["people"]["bob"]
     subscription_set(customer=bob, topic=audience["topic"], channel="email", subscribed=False, source="test", actor="test")
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
@@ -139,7 +140,7 @@ def test_quiet_hours_at_launch_defer_and_never_drop(audience, settings):
     bob.timezone = _zone_at_night(settings)
     bob.save()
     campaign = make_campaign(audience, channels=("email",))
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     delivery = Delivery.objects.get(campaign=campaign, customer=bob)
     assert delivery.status == "planned"
     assert delivery.due_at > timezone.now()

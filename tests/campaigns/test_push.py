@@ -6,7 +6,8 @@ from datetime import time, timedelta
 import pytest
 from django.utils import timezone
 
-from campaigns import dispatch, services
+from campaigns import dispatch
+from campaigns.services.lifecycle import campaign_launch
 from campaigns.models import Delivery
 from customers.models import Device
 from customers.services.profiles import device_register
@@ -32,7 +33,7 @@ def add_device(customer, kind, token):
 
 def launch(audience, name="Winter sale"):
     campaign = make_campaign(audience, channels=("push",), name=name)
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     return campaign
 
 

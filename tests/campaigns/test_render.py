@@ -7,7 +7,9 @@ from datetime import time
 import pytest
 from django.urls import reverse
 
-from campaigns import dispatch, services
+from campaigns import dispatch
+from campaigns.services.compose import VariantInput
+from campaigns.services.lifecycle import campaign_launch
 from campaigns.models import Campaign, Delivery, SandboxMessage
 from campaigns.queries import campaign_summary
 from customers.models import Customer
@@ -58,7 +60,7 @@ def test_a_name_with_an_ampersand_reads_as_written_in_sms_subject_and_text_and_i
     ada.first_name = NAME
     ada.save()
     campaign = make_campaign(audience, channels=("email", "sms"))
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
 
     dispatch.dispatch(budget_seconds=10)
 
@@ -185,7 +187,7 @@ def test_a_launch_is_refused_when_the_template_fails_on_a_type_the_audience_hold
 def test_the_launch_page_says_why_the_launch_was_refused(client, marketer, audience):
     set_plans(audience, ada=["pro"], cyd={"name": "pro"}, dee=True)
     campaign = make_campaign(audience, channels=("sms",),
-                             variants=[services.VariantInput(key="A", content={"sms": {"body": LOOP}})])
+                             variants=[VariantInput(key="A", content={"sms": {"body": LOOP}})])
     client.force_login(marketer)
 
     response = client.post(reverse("campaigns:launch", args=[campaign.pk]))
@@ -198,8 +200,8 @@ def test_the_launch_page_says_why_the_launch_was_refused(client, marketer, audie
 def test_a_customer_the_template_fails_for_at_send_is_suppressed_with_the_reason(api, client, marketer, audience):
     set_plans(audience, ada=["pro", "team"], cyd=["team"])
     campaign = make_campaign(audience, channels=("sms",),
-                             variants=[services.VariantInput(key="A", content={"sms": {"body": LOOP}})])
-    services.campaign_launch(campaign=campaign, actor="test")
+                             variants=[VariantInput(key="A", content={"sms": {"body": LOOP}})])
+    campaign_launch(campaign=campaign, actor="test")
     # The profile changes between the launch and the send.
     set_plans(audience, cyd=5)
 

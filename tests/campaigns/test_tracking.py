@@ -15,7 +15,9 @@ from django.db import connection, connections, transaction
 from django.db.models import F
 from django.test import Client
 
-from campaigns import dispatch, render, services
+from campaigns import dispatch, links
+from campaigns.services.lifecycle import campaign_launch
+from campaigns.services.messages import message_send
 from campaigns.models import Campaign, Delivery, SandboxMessage
 from campaigns.queries import campaign_summary
 from customers.models import Consent, ConsentState, Event, Subscription
@@ -57,7 +59,7 @@ def any_hour(settings):
 def sent(audience):
     """An email campaign sent to the audience; ada's rendered email and its delivery."""
     campaign = make_campaign(audience, channels=("email",))
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     assert dispatch.dispatch(budget_seconds=WAIT_SECONDS)["sent"] == 3  # ada, bob, fay
     ada = audience["people"]["ada"]
     delivery = Delivery.objects.get(campaign=campaign, customer=ada, channel="email")
@@ -104,8 +106,8 @@ def test_the_pixel_answers_a_gif_and_counts_the_open_once(
 
 def test_a_forged_pixel_still_answers_a_gif_and_records_nothing(sent, client):
     pixel = found(PIXEL_SRC, sent["html"])
-    for path in (tampered(pixel), "/t/o/nonsense.gif", f"/t/o/{render.sign('abc', render.OPEN_SALT)}.gif",
-                 f"/t/o/{render.sign(str(sent['delivery'].pk), render.CLICK_SALT)}.gif"):
+    for path in (tampered(pixel), "/t/o/nonsense.gif", f"/t/o/{links.sign('abc', links.OPEN_SALT)}.gif",
+                 f"/t/o/{links.sign(str(sent['delivery'].pk), links.CLICK_SALT)}.gif"):
         response = client.get(path)
         assert response.status_code == 200, path
         assert response["Content-Type"] == "image/gif"
@@ -133,8 +135,8 @@ def test_a_click_redirects_to_the_original_url_and_records_the_click(sent, clien
 def test_a_tampered_click_link_is_a_404_page_and_records_nothing(sent, client):
     link = found(CLICK_HREF, sent["html"])
     delivery_id = sent["delivery"].pk
-    for path in (tampered(link), "/t/c/nonsense", f"/t/c/{render.sign(f'{delivery_id}.999999', render.CLICK_SALT)}",
-                 f"/t/c/{render.sign(f'{delivery_id}.1', render.OPEN_SALT)}"):
+    for path in (tampered(link), "/t/c/nonsense", f"/t/c/{links.sign(f'{delivery_id}.999999', links.CLICK_SALT)}",
+                 f"/t/c/{links.sign(f'{delivery_id}.1', links.OPEN_SALT)}"):
         response = client.get(path)
         assert response.status_code == 404, path
         assert "This link is invalid or has expired" in response.content.decode()
@@ -184,7 +186,7 @@ def test_one_click_unsubscribe_from_the_list_unsubscribe_header(sent):
 
     # The next campaign on the topic passes her by.
     spring = make_campaign(sent, channels=("email",), name="Spring sale")
-    services.campaign_launch(campaign=spring, actor="test")
+    campaign_launch(campaign=spring, actor="test")
     rows = {d.customer_id: (d.status, d.reason) for d in Delivery.objects.filter(campaign=spring)}
     assert rows[ada.pk] == ("suppressed", "not_subscribed")
     assert rows[sent["people"]["bob"].pk] == ("planned", "")
@@ -216,9 +218,9 @@ def test_opening_the_unsubscribe_page_does_not_unsubscribe(sent):
 def test_a_bad_unsubscribe_link_is_a_404_page_and_writes_nothing(sent, client):
     path, _ = list_unsubscribe(sent["delivery"].pk)
     before = (Subscription.objects.count(), Event.objects.count())
-    for bad in (tampered(path), "/u/nonsense", "/u/a:b:c", f"/u/{render.sign('99999999', render.UNSUBSCRIBE_SALT)}",
-                f"/u/{render.sign(str(sent['delivery'].pk), render.OPEN_SALT)}",
-                f"/u/{render.sign('99999999999999999999999', render.UNSUBSCRIBE_SALT)}"):
+    for bad in (tampered(path), "/u/nonsense", "/u/a:b:c", f"/u/{links.sign('99999999', links.UNSUBSCRIBE_SALT)}",
+                f"/u/{links.sign(str(sent['delivery'].pk), links.OPEN_SALT)}",
+                f"/u/{links.sign('99999999999999999999999', links.UNSUBSCRIBE_SALT)}"):
         for response in (client.get(bad), client.post(bad, {"List-Unsubscribe": "One-Click"})):
             assert response.status_code == 404, bad
             assert "This link is invalid or has expired" in response.content.decode()
@@ -228,12 +230,12 @@ def test_a_bad_unsubscribe_link_is_a_404_page_and_writes_nothing(sent, client):
 
 def test_unsubscribing_from_a_transactional_message_explains_instead(sent, topics):
     ada = sent["ada"]
-    result = services.message_send(customer=ada, topic=topics["alerts"], channel="email", actor="test",
+    result = message_send(customer=ada, topic=topics["alerts"], channel="email", actor="test",
                                    content={"subject": "Your password was changed", "html": "<p>It was you?</p>"})
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     message = SandboxMessage.objects.get(delivery_id=result.delivery.pk)
     assert "/u/" not in message.rendered["html"]  # receipts carry no unsubscribe link or header
-    path = path_of(render.unsubscribe_url(result.delivery.pk))
+    path = path_of(links.unsubscribe_url(result.delivery.pk))
     for response in (Client().get(path), Client(enforce_csrf_checks=True).post(path, {"List-Unsubscribe": "One-Click"})):
         text = response.content.decode()
         assert response.status_code == 200
@@ -293,13 +295,13 @@ def test_the_preference_centre_shows_the_matrix_and_saves_changes(sent, topics):
     assert not Consent.objects.filter(customer=ada).exists() and not ConsentState.objects.filter(customer=ada).exists()
 
     spring = make_campaign(sent, channels=("email", "sms"), name="Spring sale")
-    services.campaign_launch(campaign=spring, actor="test")
+    campaign_launch(campaign=spring, actor="test")
     assert set(Delivery.objects.filter(campaign=spring, customer=ada).values_list("reason", flat=True)) == {"not_subscribed"}
 
 
 def test_the_preference_centre_columns_follow_the_customers_addresses(sent, client):
     fay = sent["people"]["fay"]  # email only
-    path = path_of(render.preferences_url(fay.pk))
+    path = path_of(links.preferences_url(fay.pk))
     text = client.get(path).content.decode()
     assert {cell.split(":")[1] for cell in all_cells(text)} == {"email"}
     DeviceFactory(customer=fay)
@@ -312,10 +314,10 @@ def test_the_preference_centre_columns_follow_the_customers_addresses(sent, clie
 @pytest.mark.parametrize("method", ["get", "post"])
 def test_bad_tokens_never_fail_with_a_server_error(sent, client, method):
     delivery_id, customer_id = sent["delivery"].pk, sent["ada"].pk
-    preferences = path_of(render.preferences_url(customer_id))
+    preferences = path_of(links.preferences_url(customer_id))
     bad_tokens = ["nonsense", "a:b", ":", "1:", "%00", "x" * 3000, "12.34:abc", "1.2.3:zz",
-                  render.sign("abc", render.PREFERENCES_SALT), render.sign("-1", render.PREFERENCES_SALT),
-                  render.sign("99999999", render.PREFERENCES_SALT), render.sign(str(customer_id), render.UNSUBSCRIBE_SALT)]
+                  links.sign("abc", links.PREFERENCES_SALT), links.sign("-1", links.PREFERENCES_SALT),
+                  links.sign("99999999", links.PREFERENCES_SALT), links.sign(str(customer_id), links.UNSUBSCRIBE_SALT)]
     before = (Subscription.objects.count(), Event.objects.count())
     for token in bad_tokens:
         for path in (f"/t/c/{token}", f"/u/{token}", f"/p/{token}"):
@@ -404,7 +406,7 @@ def link_made_days_ago(customer_id: int, days: float) -> str:
     from django.core import signing
 
     made = signing.b62_encode(int(time_module.time() - days * 86400))
-    token = signing.Signer(salt=render.PREFERENCES_SALT).sign(f"{customer_id}:{made}")
+    token = signing.Signer(salt=links.PREFERENCES_SALT).sign(f"{customer_id}:{made}")
     return f"/p/{token}"
 
 
@@ -445,7 +447,7 @@ def test_a_preference_link_from_a_message_expires_and_the_old_unsigned_form_is_r
     assert "This link has expired" in text and "ada@example.com" not in text and "Email me a link" in text
     # What a key read from the repository used to forge, and what old messages carry: an
     # untimed signature, which never expired. It opens nothing now.
-    for forged in (signing_sign(str(ada.pk), "switchboard.preferences"), render.sign(str(ada.pk), render.PREFERENCES_SALT)):
+    for forged in (signing_sign(str(ada.pk), "switchboard.preferences"), links.sign(str(ada.pk), links.PREFERENCES_SALT)):
         refused = client.get(f"/p/{forged}")
         assert refused.status_code == 404 and "ada@example.com" not in refused.content.decode()
         assert "Email me a link" in refused.content.decode()
@@ -460,10 +462,10 @@ def signing_sign(value: str, salt: str) -> str:
 def test_new_messages_carry_a_timestamped_preference_link(sent, settings):
     path = found(PREFERENCES_HREF, sent["html"])
     token = path.rsplit("/", 1)[1]
-    assert render.preferences_unsign(token) == str(sent["ada"].pk)
+    assert links.preferences_unsign(token) == str(sent["ada"].pk)
     settings.PREFERENCES_LINK_MAX_AGE = timedelta(seconds=-1)  # every link made before now is too old
     with pytest.raises(SignatureExpired):
-        render.preferences_unsign(token)
+        links.preferences_unsign(token)
 
 
 def test_an_expired_link_gets_a_fresh_one_by_email_that_opens_the_centre(sent, mailbox, settings):

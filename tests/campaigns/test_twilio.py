@@ -10,7 +10,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.urls import reverse
 from django.utils import timezone
 
-from campaigns import dispatch, services
+from campaigns import dispatch
+from campaigns.services.compose import VariantInput
+from campaigns.services.lifecycle import campaign_launch
 from campaigns.models import Campaign, Delivery
 from campaigns.providers import OutgoingMessage
 from campaigns.providers.twilio import TwilioSMS
@@ -48,7 +50,7 @@ def twilio(settings):
 
 def send(audience, **options):
     campaign = make_campaign(audience, **options)
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     return campaign
 
@@ -119,13 +121,13 @@ def test_whatsapp_content_template_and_template_text(audience, twilio):
     ada = audience["people"]["ada"]
     SubscriptionFactory(customer=ada, topic=audience["topic"], channel="whatsapp")
     content_sid = "HX" + "ab12" * 8
-    template = services.VariantInput(key="A", content={"whatsapp": {"template": content_sid,
+    template = VariantInput(key="A", content={"whatsapp": {"template": content_sid,
                                                                      "variables": {"1": "{{ first_name }}"}}})
     send(audience, channels=("whatsapp",), variants=[template], name="Template by SID")
-    named = services.VariantInput(key="A", content={"whatsapp": {"template": "winter_sale",
+    named = VariantInput(key="A", content={"whatsapp": {"template": "winter_sale",
                                                                   "variables": {"1": "{{ first_name }}", "2": "20%"}}})
     send(audience, channels=("whatsapp",), variants=[named], name="Template by name")
-    text = services.VariantInput(key="A", content={"whatsapp": {"template": "Hi {{ first_name }}, the sale is on"}})
+    text = VariantInput(key="A", content={"whatsapp": {"template": "Hi {{ first_name }}, the sale is on"}})
     send(audience, channels=("whatsapp",), variants=[text], name="Template as text")
     first, second, third = twilio.messages
     assert first["to"] == f"whatsapp:{ada.phone}" and first["from"] == f"whatsapp:{WHATSAPP_FROM}"
@@ -140,7 +142,7 @@ def test_whatsapp_content_template_and_template_text(audience, twilio):
 def test_voice_places_a_call_that_says_the_text(audience, twilio):
     ada = audience["people"]["ada"]
     SubscriptionFactory(customer=ada, topic=audience["topic"], channel="voice")
-    voice = services.VariantInput(key="A", content={"voice": {"text": "Hello {{ first_name }} & <welcome>"}})
+    voice = VariantInput(key="A", content={"voice": {"text": "Hello {{ first_name }} & <welcome>"}})
     campaign = send(audience, channels=("voice",), variants=[voice])
     [call] = twilio.calls
     assert (call["to"], call["from"]) == (ada.phone, SMS_FROM)
@@ -171,7 +173,7 @@ def test_crashed_send_is_settled_without_sending_twice(audience, twilio, queued_
     twilio.max_page_size = 2  # other messages to cyd today: the lookup pages through them
     people = audience["people"]
     campaign = make_campaign(audience, channels=("sms",))
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     claimed = timezone.now() - timedelta(minutes=2)
     Delivery.objects.filter(campaign=campaign, status="planned").update(
         status="sending", attempts=1, updated_at=claimed, lease_until=claimed + timedelta(seconds=60))
@@ -234,7 +236,7 @@ def test_undeliverable_number_bounces_and_is_suppressed_next_time(client, audien
     assert row.status == "bounced" and "30006" in row.reason
     assert ChannelStatus.objects.get(customer=cyd, channel="sms").status == "bounced"
     again = make_campaign(audience, channels=("sms",), name="Second")
-    services.campaign_launch(campaign=again, actor="test")
+    campaign_launch(campaign=again, actor="test")
     assert (delivery(again, cyd).status, delivery(again, cyd).reason) == ("suppressed", "bounced")
 
 

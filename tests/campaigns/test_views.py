@@ -8,7 +8,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from core.models import AuditEntry
-from campaigns import dispatch, services
+from campaigns import dispatch
+from campaigns.services.compose import VariantInput
+from campaigns.services.delivery_events import delivery_events_apply
+from campaigns.services.lifecycle import campaign_launch
 from campaigns.models import Campaign, Content, Delivery, SandboxMessage
 from tests.campaigns.conftest import make_campaign
 from tests.conftest import WAIT_SECONDS
@@ -57,7 +60,7 @@ def compose_data(audience, **overrides) -> dict:
 
 def launched(audience, **extra) -> Campaign:
     campaign = make_campaign(audience, **extra)
-    return services.campaign_launch(campaign=campaign, actor="test")
+    return campaign_launch(campaign=campaign, actor="test")
 
 
 # --- Access -------------------------------------------------------------------------------------
@@ -125,7 +128,7 @@ def test_the_list_shows_progress_and_rates_with_a_fixed_number_of_queries(client
     from campaigns.providers import DeliveryEvent
 
     email = Delivery.objects.filter(campaign=sent, channel="email", status="sent").order_by("id")
-    services.delivery_events_apply(events=[DeliveryEvent("opened", timezone.now(), delivery_id=email[0].pk),
+    delivery_events_apply(events=[DeliveryEvent("opened", timezone.now(), delivery_id=email[0].pk),
                                            DeliveryEvent("clicked", timezone.now(), delivery_id=email[1].pk)])
     make_campaign(audience, name="Still a draft")
     client.force_login(marketer)
@@ -373,8 +376,8 @@ def test_deliveries_page_backwards_with_a_cursor(client, marketer, audience):
 
 def test_a_staged_test_shows_significance_and_sends_the_remainder_with_the_winner(client, marketer, audience):
     variants = [
-        services.VariantInput(key="A", content={"email": {"subject": "A", "html": "<p>A</p>"}}),
-        services.VariantInput(key="B", content={"email": {"subject": "B", "html": "<p>B</p>"}}),
+        VariantInput(key="A", content={"email": {"subject": "A", "html": "<p>A</p>"}}),
+        VariantInput(key="B", content={"email": {"subject": "B", "html": "<p>B</p>"}}),
     ]
     campaign = launched(audience, channels=("email",), variants=variants, test_percent=90)
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)

@@ -11,7 +11,9 @@ from channels.testing.websocket import WebsocketCommunicator
 from django.test import Client
 from django.utils import timezone
 
-from campaigns import dispatch, services
+from campaigns import dispatch
+from campaigns.services.delivery_events import delivery_events_apply
+from campaigns.services.lifecycle import campaign_launch
 from campaigns.models import Delivery
 from campaigns.providers import DeliveryEvent
 from config.asgi import application
@@ -57,7 +59,7 @@ def memory_layer(settings):
 @pytest.fixture
 def launched(audience):
     campaign = make_campaign(audience, channels=("email",))
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     return campaign
 
@@ -96,7 +98,7 @@ def test_bursts_are_coalesced_and_the_last_change_is_never_lost(marketer, launch
             if i == 49:
                 # The last notification of the burst carries a real change.
                 await sync_to_async(Delivery.objects.filter(pk=delivery.pk).update)(opened_at=timezone.now())
-                await sync_to_async(services.delivery_events_apply)(
+                await sync_to_async(delivery_events_apply)(
                     events=[DeliveryEvent("clicked", timezone.now(), delivery_id=delivery.pk)]
                 )
             await layer.group_send(f"campaign.{launched.pk}", {"type": "dashboard.changed"})

@@ -3,7 +3,9 @@
 import pytest
 from django.utils import timezone
 
-from campaigns import dispatch, services
+from campaigns import dispatch
+from campaigns.services.delivery_events import delivery_events_apply
+from campaigns.services.lifecycle import campaign_launch
 from campaigns.models import Delivery
 from campaigns.providers import DeliveryEvent
 from tests.campaigns.conftest import make_campaign
@@ -13,11 +15,11 @@ from tests.conftest import WAIT_SECONDS
 @pytest.fixture
 def launched(audience):
     campaign = make_campaign(audience, goal_event="order_completed")
-    services.campaign_launch(campaign=campaign, actor="test")
+    campaign_launch(campaign=campaign, actor="test")
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     sent = list(Delivery.objects.filter(campaign=campaign, status="sent", channel="email"))
-    services.delivery_events_apply(events=[DeliveryEvent("opened", timezone.now(), delivery_id=d.pk) for d in sent[:2]])
-    services.delivery_events_apply(events=[DeliveryEvent("clicked", timezone.now(), delivery_id=sent[0].pk)])
+    delivery_events_apply(events=[DeliveryEvent("opened", timezone.now(), delivery_id=d.pk) for d in sent[:2]])
+    delivery_events_apply(events=[DeliveryEvent("clicked", timezone.now(), delivery_id=sent[0].pk)])
     return campaign
 
 
@@ -48,7 +50,7 @@ def test_dashboard_query_counts_do_not_grow_with_the_data(client, marketer, laun
         assert client.get(f"/dashboards/campaigns/{launched.pk}/").status_code == 200
     # Twice the deliveries and events: the same number of queries.
     second = make_campaign(audience, name="Second")
-    services.campaign_launch(campaign=second, actor="test")
+    campaign_launch(campaign=second, actor="test")
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     from django.db import connection
     from django.test.utils import CaptureQueriesContext

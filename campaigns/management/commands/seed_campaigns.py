@@ -3,7 +3,8 @@ one newsletter, one draft. Needs seed_demo and seed_segments first."""
 
 from django.core.management.base import BaseCommand, CommandError
 
-from campaigns import services
+from campaigns.services.compose import CampaignInput, VariantInput, campaign_create
+from campaigns.services.lifecycle import campaign_launch
 from campaigns.models import Campaign
 from segments.models import Segment
 
@@ -32,8 +33,8 @@ class Command(BaseCommand):
         missing = [name for name in needed if name not in segments]
         if missing:
             raise CommandError(f"run seed_segments first; missing segments: {', '.join(missing)}")
-        coupons = services.campaign_create(
-            data=services.CampaignInput(
+        coupons = campaign_create(
+            data=CampaignInput(
                 name="Black Friday coupons",
                 topic="coupons",
                 channels=["email", "sms"],
@@ -41,12 +42,12 @@ class Command(BaseCommand):
                 segment_ids=[segments["Recent buyers"], segments["SMS coupon fans"]],
                 exclude_segment_ids=[segments["Churn risk"]],
                 variants=[
-                    services.VariantInput(key="A", name="20% off", weight=1, content={
+                    VariantInput(key="A", name="20% off", weight=1, content={
                         "email": email("{{ first_name|default:'Hi' }}, 20% off everything", "20% off everything",
                                        "Black Friday starts now: 20% off the whole shop until Monday.", "Shop the sale", "black-friday"),
                         "sms": {"body": "{{ first_name|default:'Hi' }}, Black Friday: 20% off everything until Monday. shop.example.com/bf"},
                     }),
-                    services.VariantInput(key="B", name="Free shipping", weight=1, content={
+                    VariantInput(key="B", name="Free shipping", weight=1, content={
                         "email": email("Free shipping + 20% off, {{ first_name|default:'friend' }}", "free shipping and 20% off",
                                        "Our biggest sale of the year, with free shipping on every order.", "Get the deal", "black-friday?v=b"),
                         "sms": {"body": "Black Friday: 20% off + free shipping for you, {{ first_name|default:'friend' }}. shop.example.com/bf"},
@@ -61,13 +62,13 @@ class Command(BaseCommand):
             ),
             actor="demo",
         )
-        newsletter = services.campaign_create(
-            data=services.CampaignInput(
+        newsletter = campaign_create(
+            data=CampaignInput(
                 name="November newsletter",
                 topic="newsletter",
                 channels=["email"],
                 segment_ids=[segments["Re-engage"]],
-                variants=[services.VariantInput(key="A", content={"email": email(
+                variants=[VariantInput(key="A", content={"email": email(
                     "What's new in November", "here is what's new",
                     "Guides, stories and the features we shipped this month.", "Read the newsletter", "newsletter/november")})],
                 goal_event="order_completed",
@@ -76,14 +77,14 @@ class Command(BaseCommand):
             ),
             actor="demo",
         )
-        services.campaign_create(
-            data=services.CampaignInput(
+        campaign_create(
+            data=CampaignInput(
                 name="Spring launch (draft)",
                 topic="product-updates",
                 channels=["push", "email"],
                 strategy="preferred",
                 segment_ids=[segments["Recent buyers"]],
-                variants=[services.VariantInput(key="A", content={
+                variants=[VariantInput(key="A", content={
                     "push": {"title": "Something new is coming", "body": "Be the first to try it, {{ first_name|default:'friend' }}.", "link": "shop://spring"},
                     "email": email("Something new is coming", "something new is coming",
                                    "A first look at what we have been building.", "Take a look", "spring"),
@@ -92,5 +93,5 @@ class Command(BaseCommand):
             actor="demo",
         )
         for campaign in (coupons, newsletter):
-            services.campaign_launch(campaign=campaign, actor="demo")
+            campaign_launch(campaign=campaign, actor="demo")
         self.stdout.write("Demo campaigns: 2 launched, 1 draft.")
