@@ -32,6 +32,8 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from customers.services.profiles import devices_remove
+
 from .links import email_finish, links_in, links_store, message_links
 from .models import Campaign, DeliveryStatus, SuppressionReason
 from .personalisation import TemplateProblem, compile_content, customer_context, with_opt_out
@@ -363,8 +365,9 @@ def record(results: list[SendResult | RenderFailure], *, provider_names: dict[in
                 sets={"due_at": "src.due", "reason": "src.reason", "lease_until": "NULL"},
             )
         if dead:
-            with connection.cursor() as cursor:
-                cursor.execute("DELETE FROM customers_device WHERE id = ANY(%s)", [dead])
+            # The customer can no longer be reached on that device: the removal goes on their
+            # timeline, and segments that read reachability hear of it.
+            devices_remove(device_ids=dead, reason="the push service no longer accepts this token", source="delivery")
     return {"sent": len(sent), "failed": len(failed), "retry": len(retry), "suppressed": len(unrendered)}
 
 

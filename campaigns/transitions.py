@@ -3,8 +3,9 @@
 :func:`deliveries_transition` takes what changes (a query naming the deliveries, the
 status they move to, the statuses they may move from, and the columns that change with
 it) and builds one statement that updates the rows, writes one ``message.*`` timeline event
-per change and bumps the counters, for the statuses that have them. It publishes the
-touched dashboards after commit.
+per change (through ``customers.timeline``, so every listener hears of it after commit)
+and bumps the counters, for the statuses that have them. It publishes the touched
+dashboards after commit.
 
 The statuses a delivery moves into as the outbox's own bookkeeping (planned, held,
 sending) write neither timeline events nor counters; every other one writes both.
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db import connection, transaction
+
+from customers import timeline
 
 from . import signals
 from .models import DELIVERY_STEPS, Campaign, Delivery, DeliveryStatus
@@ -159,7 +162,9 @@ def deliveries_transition(
     with connection.cursor() as cursor:
         cursor.execute(sql, {**(params or {}), "now": now})
         rows = cursor.fetchall()
-    publish_after_commit([(campaign_id, journey_id) for campaign_id, journey_id, _, events, _ in rows if events])
+    if rows and rows[0][5] is not None:
+        timeline.written(rows[0][5])
+    publish_after_commit([(campaign_id, journey_id) for campaign_id, journey_id, _, events, _, _ in rows if events])
     return Transitioned(
         changed=sum(row[2] for row in rows),
         events=sum(row[3] for row in rows),
@@ -191,11 +196,14 @@ def _statement(*, source: str, to, only_from, forward: bool, sets: Mapping[str, 
                   ARRAY[{_metric_sql()}] AS metrics, ARRAY[({at})::timestamptz] AS ats, ({reason})::text AS reason
     )"""
     ids = "array_agg(id)" if return_ids else "NULL::bigint[]"
+    quiet = targets <= set(QUIET)
+    # What the timeline got, for the signal after commit (the same on every row).
+    summary = "NULL::jsonb" if quiet else timeline.summary_sql()
     result = f"""
     SELECT coalesce(campaign_id, 0), coalesce(journey_id, 0), count(*),
-           coalesce(sum(cardinality(array_remove(metrics, NULL))), 0), {ids}
+           coalesce(sum(cardinality(array_remove(metrics, NULL))), 0), {ids}, {summary}
     FROM moved GROUP BY 1, 2"""
-    if targets <= set(QUIET):
+    if quiet:
         return f"WITH src AS ({source}),{moved}{result}"
     return f"WITH src AS ({source}),{moved},{_events_ctes()}{result}"
 
@@ -260,6 +268,23 @@ def _forward_update(assignments: list[str]) -> str:
     )"""
 
 
+# One ``message.<status>`` row per change, keyed by delivery and metric, so a change applied
+# twice lands on the timeline once. The channel is a property too: rules such as "no email
+# opened in 21 days" read it there, as they do for events sent through the API.
+_TIMELINE_ROWS = """
+        SELECT ch.customer_id, 'message.' || split_part(ch.metric, '.', 1) AS name, ch.channel,
+               jsonb_strip_nulls(jsonb_build_object(
+                   'channel', ch.channel, 'delivery_id', ch.id, 'campaign_id', ch.campaign_id,
+                   'journey_id', ch.journey_id,
+                   'variant', v.key, 'campaign', cp.name, 'reason', nullif(ch.reason, ''))) AS properties,
+               ch.at AS occurred_at, now() AS received_at, 'delivery' AS source,
+               ch.id || ':' || ch.metric AS idempotency_key, '' AS actor
+        FROM changed ch
+        LEFT JOIN campaigns_variant v ON v.id = ch.variant_id
+        LEFT JOIN campaigns_campaign cp ON cp.id = ch.campaign_id
+"""
+
+
 def _events_ctes() -> str:
     """One event per (delivery, metric) changed: the timeline row and the counters."""
     return f"""
@@ -267,17 +292,5 @@ def _events_ctes() -> str:
         SELECT m.id, m.customer_id, m.campaign_id, m.journey_id, m.channel, m.variant_id, e.metric, e.at, m.reason
         FROM moved m, unnest(m.metrics, m.ats) AS e(metric, at) WHERE e.metric IS NOT NULL
     ),
-    timeline AS (
-        INSERT INTO customers_event
-            (customer_id, name, category, channel, properties, occurred_at, received_at, source, idempotency_key, actor)
-        SELECT ch.customer_id, 'message.' || split_part(ch.metric, '.', 1), 'message', ch.channel,
-               jsonb_strip_nulls(jsonb_build_object(
-                   'delivery_id', ch.id, 'campaign_id', ch.campaign_id, 'journey_id', ch.journey_id,
-                   'variant', v.key, 'campaign', cp.name, 'reason', nullif(ch.reason, ''))),
-               ch.at, now(), 'delivery', ch.id || ':' || ch.metric, ''
-        FROM changed ch
-        LEFT JOIN campaigns_variant v ON v.id = ch.variant_id
-        LEFT JOIN campaigns_campaign cp ON cp.id = ch.campaign_id
-        ON CONFLICT DO NOTHING
-    ),
+    {timeline.insert_cte(_TIMELINE_ROWS, skip_duplicates=True)},
     {bump_ctes("SELECT coalesce(campaign_id, 0) AS campaign_id, coalesce(journey_id, 0) AS journey_id, channel, coalesce(variant_id, 0) AS variant_id, metric, date_trunc('minute', at) AS at, count(*) AS n FROM changed GROUP BY 1, 2, 3, 4, 5, 6")}"""

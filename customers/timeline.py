@@ -11,7 +11,8 @@ inserts them:
   :func:`written`.
 
 Every write, and every change to profiles, subscriptions, consent, channel status or
-devices (:func:`changed`), is collected per transaction; after the transaction commits,
+devices (:func:`changed`), is collected per transaction (a write in autocommit mode is its
+own transaction); after the transaction commits,
 ``customers.signals.customers_changed`` is sent ONCE with everything it wrote (a
 :class:`Change`). Nothing is sent for a transaction that rolls back.
 """
@@ -151,11 +152,22 @@ def batched() -> Iterator[None]:
     pending.send()
 
 
-def _pending(using: str = DEFAULT_DB_ALIAS) -> _Pending:
-    """The collector of the current transaction, with a callback registered to send it on commit."""
+@contextlib.contextmanager
+def _collecting(using: str = DEFAULT_DB_ALIAS) -> Iterator[_Pending]:
+    """The collector to add a write to: the current transaction's, sent when it commits; in
+    autocommit mode, one of its own, sent as soon as the write is committed."""
     connection = connections[using]
-    if not connection.in_atomic_block:
-        raise RuntimeError("timeline writes run inside transaction.atomic(), so they are sent once after commit")
+    if connection.in_atomic_block:
+        yield _pending(connection, using)
+        return
+    pending = _Pending()
+    with transaction.atomic(using=using):
+        yield pending
+    pending.send()
+
+
+def _pending(connection, using: str) -> _Pending:
+    """The collector of the current transaction, with a callback registered to send it on commit."""
     pending = getattr(connection, "_timeline_pending", None)
     # A collector is done once sent; and when its transaction rolled back, its callbacks
     # left the list: either way this transaction needs a new one.
@@ -172,7 +184,8 @@ def _pending(using: str = DEFAULT_DB_ALIAS) -> _Pending:
 def changed(*, customer_ids: Iterable[int], fields: Iterable[str] = (), created: Iterable[int] = ()) -> None:
     """Record that customers' profile ``fields`` changed, or that they were ``created``,
     in the current transaction (the timeline rows say what; this says which rules care)."""
-    _pending().add(customer_ids, fields=fields, created=created)
+    with _collecting() as pending:
+        pending.add(customer_ids, fields=fields, created=created)
 
 
 # --- Writing rows from Python --------------------------------------------------------------------
@@ -216,10 +229,10 @@ def add_many(events: list[Event]) -> list[Event]:
     """Write rows made by :func:`entry`; call inside a transaction."""
     if not events:
         return []
-    pending = _pending()
-    saved = Event.objects.bulk_create(events)
-    for event in saved:
-        pending.add([event.customer_id], [event.name])
+    with _collecting() as pending:
+        saved = Event.objects.bulk_create(events)
+        for event in saved:
+            pending.add([event.customer_id], [event.name])
     return saved
 
 
@@ -267,13 +280,13 @@ def written(summary, *, fields: Iterable[str] = (), created: Iterable[int] = ())
     """Register what a statement using :func:`insert_cte` wrote (the value of
     :func:`summary_sql`), to be sent after commit. Returns it as {event name: customer ids}."""
     by_name = json.loads(summary) if isinstance(summary, (str, bytes)) else (summary or {})
-    pending = _pending()
-    pending.add_by_name(by_name)
     created = set(created)
     fields = set(fields)
-    if created or fields:
-        ids = {pk for ids in by_name.values() for pk in ids} | created
-        pending.add(ids, fields=fields, created=created)
+    with _collecting() as pending:
+        pending.add_by_name(by_name)
+        if created or fields:
+            ids = {pk for ids in by_name.values() for pk in ids} | created
+            pending.add(ids, fields=fields, created=created)
     return by_name
 
 
@@ -281,7 +294,6 @@ def copy_rows(cursor, rows: Iterable[tuple]) -> int:
     """Bulk-load rows with COPY (demo data, imports): each row is the values of
     :data:`COLUMNS` in order, ``properties`` as JSON text. Call inside a transaction with a
     Django cursor. Returns how many rows were written."""
-    pending = _pending()
     by_name: dict[str, set[int]] = {}
     count = 0
     statement = f"COPY {TABLE} ({', '.join(COLUMNS)}, category) FROM STDIN"
@@ -291,5 +303,6 @@ def copy_rows(cursor, rows: Iterable[tuple]) -> int:
             copy.write_row((*row, category_for(row[1])))
             by_name.setdefault(row[1], set()).add(row[0])
             count += 1
-    pending.add_by_name(by_name)
+    with _collecting() as pending:
+        pending.add_by_name(by_name)
     return count
