@@ -22,7 +22,8 @@ from django.test import Client
 from django.urls import Resolver404, URLResolver, get_resolver, resolve, reverse
 from django.utils.regex_helper import normalize
 
-from campaigns import dispatch, services
+from campaigns import dispatch
+from campaigns.services import lifecycle
 from campaigns.models import Delivery, SandboxMessage
 from customers.models import Customer
 from tests.campaigns.conftest import audience, make_campaign  # noqa: F401  (audience is a fixture)
@@ -253,7 +254,7 @@ def key_client(api_key) -> Client:
 @pytest.fixture
 def objects(audience):
     """A campaign launched and sent through the sandbox: deliveries and outbox messages exist."""
-    campaign = services.campaign_launch(campaign=make_campaign(audience), actor="test")
+    campaign = lifecycle.campaign_launch(campaign=make_campaign(audience), actor="test")
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     return {"campaign": campaign, "segment": audience["segment"], "customer": audience["people"]["ada"]}
 
