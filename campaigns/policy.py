@@ -7,11 +7,9 @@ claimed batch with it just before sending, and a one-off API send runs it for on
 
 Rules, in the order the first failing one names the reason:
 
-1. ``no_address``       no email / phone for the channel, no device for push
-2. ``bounced``          the address hard-bounced (any topic)
-3. ``complained`` / ``unsubscribed``  the customer complained or sent STOP on that channel
-                        (marketing topics only: receipts and alerts still go out)
-4. ``consent_revoked``  the latest consent entry for the channel is a revocation
+1-4. reachability, as ``customers.reachability`` defines it: ``no_address``, ``bounced``,
+                        ``complained`` / ``unsubscribed`` (marketing topics only: receipts
+                        and alerts still go out), ``consent_revoked``
 5. ``not_subscribed``   marketing topics need an explicit subscription for topic × channel;
                         transactional topics go out unless the customer explicitly opted out
 6. ``frequency_cap``    marketing only: at most FREQUENCY_CAP_MESSAGES marketing messages
@@ -29,6 +27,8 @@ from datetime import datetime, time
 
 from django.conf import settings
 from django.db import connection
+
+from customers import reachability
 
 # Statuses that mean "a message reached the provider": they count towards the cap.
 SENT_STATUSES = ("sent", "delivered", "opened", "clicked", "converted", "bounced", "complained", "unsubscribed")
@@ -64,16 +64,6 @@ class PolicySettings:
         }
 
 
-# Address per channel, as a SQL expression over customer "c".
-ADDRESS_SQL = """
-    CASE cand.channel
-        WHEN 'email' THEN c.email <> ''
-        WHEN 'push' THEN EXISTS (SELECT 1 FROM customers_device dv WHERE dv.customer_id = c.id)
-        ELSE c.phone <> ''
-    END
-"""
-
-
 def reason_sql(*, cap_counts: str = "cap.sent") -> str:
     """A CASE expression naming the first rule a candidate fails, or NULL to send.
 
@@ -84,10 +74,8 @@ def reason_sql(*, cap_counts: str = "cap.sent") -> str:
     """
     return f"""
     CASE
-        WHEN NOT ({ADDRESS_SQL}) THEN 'no_address'
-        WHEN cs.status = 'bounced' THEN 'bounced'
-        WHEN NOT t.is_transactional AND cs.status IN ('complained', 'unsubscribed') THEN cs.status
-        WHEN st.granted = false THEN 'consent_revoked'
+        {reachability.reason_cases(
+            channel="cand.channel", status="cs.status", granted="st.granted", transactional="t.is_transactional")}
         WHEN NOT t.is_transactional AND sub.subscribed IS NOT true THEN 'not_subscribed'
         WHEN t.is_transactional AND sub.subscribed = false THEN 'not_subscribed'
         WHEN NOT t.is_transactional AND coalesce({cap_counts}, 0) >= %(cap_messages)s THEN 'frequency_cap'

@@ -3,8 +3,9 @@ import secrets
 
 from django.conf import settings
 from django.contrib.postgres.indexes import BrinIndex, GinIndex, OpClass
-from django.db import models
+from django.db import connection, models
 from django.db.models import Q
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Lower, Upper
 from django.utils import timezone as tz
 
@@ -58,19 +59,12 @@ class CustomerQuerySet(models.QuerySet):
         return self.filter(query)
 
     def reachable_on(self, channel: str):
-        """Customers with a usable address for ``channel`` whose consent for it is not revoked."""
-        address = {
-            ChannelKind.EMAIL: ~Q(email=""),
-            ChannelKind.SMS: ~Q(phone=""),
-            ChannelKind.WHATSAPP: ~Q(phone=""),
-            ChannelKind.VOICE: ~Q(phone=""),
-            ChannelKind.PUSH: Q(models.Exists(Device.objects.filter(customer=models.OuterRef("pk")))),
-        }[ChannelKind(channel)]
-        revoked = ConsentState.objects.filter(customer=models.OuterRef("pk"), channel=channel, granted=False)
-        unusable = ChannelStatus.objects.filter(customer=models.OuterRef("pk"), channel=channel).exclude(
-            status=ChannelStatus.Status.OK
-        )
-        return self.filter(address).exclude(models.Exists(revoked)).exclude(models.Exists(unusable))
+        """Customers reachable on ``channel``, as ``customers.reachability`` defines it."""
+        from . import reachability  # it reads this module's models
+
+        table = self.model._meta.db_table
+        condition = reachability.customers_where(channel, customer=connection.ops.quote_name(table))
+        return self.filter(RawSQL(condition, [], output_field=models.BooleanField()))
 
 
 class Customer(models.Model):

@@ -17,7 +17,7 @@ from django_htmx.http import push_url
 
 from core.htmx import render_partials, wants_partial
 
-from . import queries
+from . import queries, reachability
 from .services import preferences, profiles
 from .forms import CustomerSearchForm, NoteForm, SubscriptionChangeForm, TimelineFilterForm
 from .models import ChannelKind, Event, EventCategory
@@ -187,6 +187,7 @@ def _detail_context(customer, *, filters: dict, page: queries.TimelinePage) -> d
         "matrix": [(topic, [(cell, ChannelKind(cell.channel).label) for cell in cells]) for topic, cells in matrix],
         "channel_choices": ChannelKind.choices,
         "category_choices": EventCategory.choices,
+        "reach": reachability.overview(customer.pk),
         "consent": [(value, label, consent[value]) for value, label in ChannelKind.choices],
         "ledger": queries.consent_ledger(customer, limit=CONSENT_LEDGER_SIZE),
         "devices": list(customer.devices.all()),
