@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from customers import reachability
@@ -85,7 +86,23 @@ def _value_sql(sql: _Sql, expr_text: str, expr_json: str | None, cond: dict, *, 
     raise AssertionError(f"unhandled operator {op}")
 
 
-def _attr_sql(sql: _Sql, node: dict) -> str:
+JSONPATH_COMPARE = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+
+
+def _number_path_sql(sql: _Sql, column: str, key: str, cond: dict) -> str:
+    """``column @? 'strict $."key" ? (@ >= 1900)'``: a number comparison inside a JSON object.
+
+    One jsonb operator a row, where a cast needs a type test, an extraction and a numeric
+    conversion; and the planner estimates it as a match, not as a range over unknown values.
+    Strict mode: a string, an array or a missing key never compares (the operator answers
+    NULL for a missing key, which a WHERE reads as false).
+    """
+    number = format(Decimal(repr(cond["value"])), "f")
+    path = f'strict $."{key}" ? (@ {JSONPATH_COMPARE[cond["op"]]} {number})'
+    return f"({column} @? {sql.param(path)}::jsonpath)"
+
+
+def _attr_sql(sql: _Sql, node: dict, *, two_valued: bool) -> str:
     name = node["attr"]
     if name.startswith("attributes."):
         key = name.removeprefix("attributes.")
@@ -94,15 +111,23 @@ def _attr_sql(sql: _Sql, node: dict) -> str:
             import json
 
             return f"(c.attributes @> {sql.param(json.dumps({key: node['value']}))}::jsonb)"
-        # Keys are validated as identifiers, so they can be written into the SQL as literals;
-        # placeholders here would repeat whenever the expression does.
-        condition = _value_sql(sql, f"(c.attributes->>'{key}')", f"(c.attributes->'{key}')", node)
+        if node["type"] == "number" and node["op"] in JSONPATH_COMPARE:
+            condition = _number_path_sql(sql, "c.attributes", key, node)
+        else:
+            # Keys are validated as identifiers, so they can be written into the SQL as
+            # literals; placeholders here would repeat whenever the expression does.
+            condition = _value_sql(sql, f"(c.attributes->>'{key}')", f"(c.attributes->'{key}')", node)
     elif name in NOT_NULL_FIELDS:
         # Never NULL, so no COALESCE: the planner then sees a plain column condition.
         return _value_sql(sql, f"c.{name}", None, node, nullable=False)
     else:
         condition = _value_sql(sql, f"c.{name}", None, node)
-    # A missing value makes a comparison NULL; under NOT that must still read as "false".
+    if not two_valued:
+        # A missing value makes the comparison NULL, which a WHERE reads as false: without a
+        # NOT above it, AND and OR give the same rows as with FALSE, and the planner
+        # estimates the plain condition far better than a COALESCE around it.
+        return condition
+    # Under NOT, NULL must still read as "false" (NOT NULL is NULL, not true).
     return f"COALESCE({condition}, FALSE)"
 
 
@@ -118,7 +143,10 @@ def _event_filter(sql: _Sql, node: dict) -> str:
         parts.append(f"e.occurred_at >= {sql.param(sql.now - timedelta(days=node['within_days']))}")
     for cond in node["where"]:
         prop = cond["prop"]
-        parts.append(_value_sql(sql, f"(e.properties->>'{prop}')", f"(e.properties->'{prop}')", cond))
+        if cond["type"] == "number" and cond["op"] in JSONPATH_COMPARE:
+            parts.append(_number_path_sql(sql, "e.properties", prop, cond))
+        else:
+            parts.append(_value_sql(sql, f"(e.properties->>'{prop}')", f"(e.properties->'{prop}')", cond))
     return " AND ".join(parts)
 
 
@@ -147,15 +175,17 @@ def _compare(left: int, op: str, right: int) -> bool:
             "gt": left > right, "gte": left >= right}[op]
 
 
-def _node_sql(sql: _Sql, node: dict) -> str:
+def _node_sql(sql: _Sql, node: dict, *, two_valued: bool = False) -> str:
+    """A SQL condition for ``node``; ``two_valued`` when it must be TRUE or FALSE, never NULL
+    (below a NOT, or read as a value)."""
     if "all" in node:
-        return "(" + " AND ".join(_node_sql(sql, child) for child in node["all"]) + ")"
+        return "(" + " AND ".join(_node_sql(sql, child, two_valued=two_valued) for child in node["all"]) + ")"
     if "any" in node:
-        return "(" + " OR ".join(_node_sql(sql, child) for child in node["any"]) + ")"
+        return "(" + " OR ".join(_node_sql(sql, child, two_valued=two_valued) for child in node["any"]) + ")"
     if "not" in node:
-        return f"(NOT {_node_sql(sql, node['not'])})"
+        return f"(NOT {_node_sql(sql, node['not'], two_valued=True)})"
     if "attr" in node:
-        return _attr_sql(sql, node)
+        return _attr_sql(sql, node, two_valued=two_valued)
     if "event" in node:
         return _event_sql(sql, node)
     if "subscribed" in node:

@@ -49,7 +49,7 @@ def explain_query(rules: dict, *, customer_id: int, now: datetime) -> tuple[str,
     sql = _Sql(now, [customer_id])
     columns = []
     for leaf in conditions:
-        columns.append(f"{_node_sql(sql, leaf)}")
+        columns.append(_node_sql(sql, leaf, two_valued=True))
         columns.append(_leaf_value_sql(sql, leaf))
     query = f"SELECT {', '.join(columns)} FROM customers_customer c WHERE c.id = {sql.param(customer_id)}"
     return query, sql.params, conditions

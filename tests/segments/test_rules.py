@@ -32,7 +32,8 @@ def world(db):
         if (plan := rng.choice(PLANS)) is not None:
             attributes["plan"] = plan
         if rng.random() < 0.7:
-            attributes["ltv"] = rng.choice([0, 10, 99.5, 100, 250, 1000])
+            # Mostly numbers; a number comparison must not match a string, a list or a boolean.
+            attributes["ltv"] = rng.choice([0, 10, 99.5, 100, 250, 1000, 0, 10, 99.5, 100, 250, 1000, "250", [1000], True])
         if rng.random() < 0.5:
             attributes["vip"] = rng.random() < 0.5
         if rng.random() < 0.6:
@@ -56,7 +57,7 @@ def world(db):
     for customer in customers:
         for _ in range(rng.randrange(0, 12)):
             name = rng.choice(EVENTS)
-            props = {"channel": rng.choice(CHANNELS)} if name == "message.opened" else {"total": rng.choice([5, 50, 100, 150, 500])}
+            props = {"channel": rng.choice(CHANNELS)} if name == "message.opened" else {"total": rng.choice([5, 50, 100, 150, 500, "100"])}
             events.append(Event(customer=customer, name=name, properties=props, occurred_at=NOW - timedelta(days=rng.uniform(0, 60), minutes=1)))
     Event.objects.bulk_create(events)
     subs = []
