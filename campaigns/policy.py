@@ -30,8 +30,16 @@ from django.db import connection
 
 from customers import reachability
 
+from .models import DeliveryStatus
+
 # Statuses that mean "a message reached the provider": they count towards the cap.
-SENT_STATUSES = ("sent", "delivered", "opened", "clicked", "converted", "bounced", "complained", "unsubscribed")
+SENT_STATUSES = tuple(
+    status.value
+    for status in (
+        DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.OPENED, DeliveryStatus.CLICKED,
+        DeliveryStatus.CONVERTED, DeliveryStatus.BOUNCED, DeliveryStatus.COMPLAINED, DeliveryStatus.UNSUBSCRIBED,
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,7 @@ RECENT_SQL = f"""
         SELECT d.customer_id, count(*) AS sent
         FROM campaigns_delivery d JOIN customers_topic rt ON rt.id = d.topic_id
         WHERE ((d.sent_at > %(now)s - make_interval(hours => %(cap_hours)s) AND d.status IN {SENT_STATUSES!r})
-               OR (d.status = 'sending' AND d.id <> ALL(%(rechecking)s::bigint[])))
+               OR (d.status = '{DeliveryStatus.SENDING.value}' AND d.id <> ALL(%(rechecking)s::bigint[])))
           AND NOT rt.is_transactional
         GROUP BY d.customer_id
     )
