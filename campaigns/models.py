@@ -6,6 +6,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from customers.models import ChannelKind, Customer, Topic
+from customers.reachability import Reason
 from segments.models import Segment
 
 
@@ -163,12 +164,13 @@ DELIVERY_STEPS: tuple[tuple[DeliveryStatus, ...], ...] = (
 
 
 class SuppressionReason(models.TextChoices):
+    # Reachability's reasons (customers.reachability), then the policy's own.
+    NO_ADDRESS = Reason.NO_ADDRESS.value, Reason.NO_ADDRESS.label
+    BOUNCED = Reason.BOUNCED.value, Reason.BOUNCED.label
+    COMPLAINED = Reason.COMPLAINED.value, Reason.COMPLAINED.label
+    UNSUBSCRIBED = Reason.UNSUBSCRIBED.value, Reason.UNSUBSCRIBED.label
+    CONSENT_REVOKED = Reason.CONSENT_REVOKED.value, Reason.CONSENT_REVOKED.label
     NOT_SUBSCRIBED = "not_subscribed", "Not subscribed to the topic on this channel"
-    CONSENT_REVOKED = "consent_revoked", "Consent revoked"
-    NO_ADDRESS = "no_address", "No address for this channel"
-    BOUNCED = "bounced", "Address bounced"
-    COMPLAINED = "complained", "Complained"
-    UNSUBSCRIBED = "unsubscribed", "Unsubscribed from the channel"
     FREQUENCY_CAP = "frequency_cap", "Frequency cap reached"
     NO_CONTENT = "no_content", "No content for this channel"
     EXCLUDED = "excluded", "In an exclusion segment"

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db import connection
+from django.db import connection, models
 
 from .models import ChannelKind, ChannelStatus
 
@@ -41,13 +41,16 @@ ADDRESS_SQL = {
 STOPS_EVERYTHING = (ChannelStatus.Status.BOUNCED.value,)
 STOPS_MARKETING = (ChannelStatus.Status.COMPLAINED.value, ChannelStatus.Status.UNSUBSCRIBED.value)
 
-REASON_LABELS = {
-    "no_address": "no address",
-    "bounced": "address bounced",
-    "complained": "complained",
-    "unsubscribed": "replied STOP / unsubscribed",
-    "consent_revoked": "consent revoked",
-}
+
+
+class Reason(models.TextChoices):
+    """Why a channel cannot reach a customer; the send policy suppresses with the same codes."""
+
+    NO_ADDRESS = "no_address", "No address for this channel"
+    BOUNCED = ChannelStatus.Status.BOUNCED.value, "Address bounced"
+    COMPLAINED = ChannelStatus.Status.COMPLAINED.value, "Complained"
+    UNSUBSCRIBED = ChannelStatus.Status.UNSUBSCRIBED.value, "Unsubscribed from the channel"
+    CONSENT_REVOKED = "consent_revoked", "Consent revoked"
 
 
 def _in(values: tuple[str, ...]) -> str:
@@ -75,10 +78,10 @@ def reason_cases(*, channel: str, status: str, granted: str, transactional: str 
     SQL boolean: true skips the marketing-only rule.
     """
     return f"""
-        WHEN NOT {address_sql(channel, customer=customer)} THEN 'no_address'
+        WHEN NOT {address_sql(channel, customer=customer)} THEN '{Reason.NO_ADDRESS.value}'
         WHEN {status} IN {_in(STOPS_EVERYTHING)} THEN {status}
         WHEN NOT {transactional} AND {status} IN {_in(STOPS_MARKETING)} THEN {status}
-        WHEN {granted} = false THEN 'consent_revoked'
+        WHEN {granted} = false THEN '{Reason.CONSENT_REVOKED.value}'
     """
 
 
@@ -118,7 +121,7 @@ class Reach:
 
     @property
     def reason_label(self) -> str:
-        return REASON_LABELS.get(self.reason or "", "")
+        return Reason(self.reason).label if self.reason else ""
 
 
 def overview(customer_id: int) -> list[Reach]:
