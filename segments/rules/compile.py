@@ -86,20 +86,21 @@ def _value_sql(sql: _Sql, expr_text: str, expr_json: str | None, cond: dict, *, 
     raise AssertionError(f"unhandled operator {op}")
 
 
-JSONPATH_COMPARE = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+def _json_value_sql(sql: _Sql, column: str, key: str, cond: dict) -> str:
+    """A condition on ``column``'s ``key`` (a JSON object's member: an attribute, a property).
 
-
-def _number_path_sql(sql: _Sql, column: str, key: str, cond: dict) -> str:
-    """``column @? 'strict $."key" ? (@ >= 1900)'``: a number comparison inside a JSON object.
-
-    One jsonb operator a row, where a cast needs a type test, an extraction and a numeric
-    conversion; and the planner estimates it as a match, not as a range over unknown values.
-    Strict mode: a string, an array or a missing key never compares (the operator answers
-    NULL for a missing key, which a WHERE reads as false).
+    Keys are validated as identifiers, so they are written into the SQL as literals. A
+    number compared by order is one jsonpath match, ``column @? 'strict $."key" ? (@ >= 1900)'``:
+    one jsonb operator a row where a cast needs a type test, an extraction and a numeric
+    conversion, and the planner estimates it as a match, not as a range over unknown
+    values. Strict mode: a string, an array or a missing key never compares (the operator
+    answers NULL for a missing key, which a WHERE reads as false).
     """
-    number = format(Decimal(repr(cond["value"])), "f")
-    path = f'strict $."{key}" ? (@ {JSONPATH_COMPARE[cond["op"]]} {number})'
-    return f"({column} @? {sql.param(path)}::jsonpath)"
+    if cond["type"] == "number" and cond["op"] in ("lt", "lte", "gt", "gte"):
+        number = format(Decimal(repr(cond["value"])), "f")
+        path = f'strict $."{key}" ? (@ {COMPARE[cond["op"]]} {number})'
+        return f"({column} @? {sql.param(path)}::jsonpath)"
+    return _value_sql(sql, f"({column}->>'{key}')", f"({column}->'{key}')", cond)
 
 
 def _attr_sql(sql: _Sql, node: dict, *, two_valued: bool) -> str:
@@ -111,12 +112,7 @@ def _attr_sql(sql: _Sql, node: dict, *, two_valued: bool) -> str:
             import json
 
             return f"(c.attributes @> {sql.param(json.dumps({key: node['value']}))}::jsonb)"
-        if node["type"] == "number" and node["op"] in JSONPATH_COMPARE:
-            condition = _number_path_sql(sql, "c.attributes", key, node)
-        else:
-            # Keys are validated as identifiers, so they can be written into the SQL as
-            # literals; placeholders here would repeat whenever the expression does.
-            condition = _value_sql(sql, f"(c.attributes->>'{key}')", f"(c.attributes->'{key}')", node)
+        condition = _json_value_sql(sql, "c.attributes", key, node)
     elif name in NOT_NULL_FIELDS:
         # Never NULL, so no COALESCE: the planner then sees a plain column condition.
         return _value_sql(sql, f"c.{name}", None, node, nullable=False)
@@ -142,11 +138,7 @@ def _event_filter(sql: _Sql, node: dict) -> str:
     if "within_days" in node:
         parts.append(f"e.occurred_at >= {sql.param(sql.now - timedelta(days=node['within_days']))}")
     for cond in node["where"]:
-        prop = cond["prop"]
-        if cond["type"] == "number" and cond["op"] in JSONPATH_COMPARE:
-            parts.append(_number_path_sql(sql, "e.properties", prop, cond))
-        else:
-            parts.append(_value_sql(sql, f"(e.properties->>'{prop}')", f"(e.properties->'{prop}')", cond))
+        parts.append(_json_value_sql(sql, "e.properties", cond["prop"], cond))
     return " AND ".join(parts)
 
 
