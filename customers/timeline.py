@@ -53,6 +53,8 @@ class Change:
     """What one transaction did to customers.
 
     ``by_name`` maps each event name written to the customers it was written for;
+    ``event_ids`` maps it to the lowest and highest row id written under that name (rows
+    of other transactions may fall between them: filter by customer and name too);
     ``fields`` holds the profile fields changed (``email``, ``attributes.plan``) and the
     markers ``subscriptions``, ``consent``, ``channel_status`` and ``devices``; ``created``
     are customers that did not exist before (any rule may now match them).
@@ -62,6 +64,7 @@ class Change:
     by_name: dict[str, frozenset[int]] = field(default_factory=dict)
     fields: frozenset[str] = frozenset()
     created: frozenset[int] = frozenset()
+    event_ids: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def names(self) -> frozenset[str]:
@@ -84,6 +87,7 @@ class _Pending:
         self.by_name: dict[str, set[int]] = {}
         self.fields: set[str] = set()
         self.created: set[int] = set()
+        self.event_ids: dict[str, tuple[int, int]] = {}
 
     def add(self, customer_ids: Iterable[int], names: Iterable[str] = (), fields: Iterable[str] = (),
             created: Iterable[int] = ()) -> None:
@@ -102,12 +106,18 @@ class _Pending:
         for name, ids in by_name.items():
             self.add(ids, [name])
 
+    def add_ids(self, name: str, low: int, high: int) -> None:
+        """Rows ``low`` to ``high`` were written under ``name``."""
+        known = self.event_ids.get(name)
+        self.event_ids[name] = (min(low, known[0]), max(high, known[1])) if known else (low, high)
+
     def freeze(self) -> Change:
         return Change(
             customer_ids=frozenset(self.customer_ids),
             by_name={name: frozenset(ids) for name, ids in self.by_name.items()},
             fields=frozenset(self.fields),
             created=frozenset(self.created),
+            event_ids=dict(self.event_ids),
         )
 
     def send(self) -> None:
@@ -128,6 +138,8 @@ def _deliver(change: Change) -> None:
     if batch is not None:
         batch.add(change.customer_ids, fields=change.fields, created=change.created)
         batch.add_by_name(change.by_name)
+        for name, (low, high) in change.event_ids.items():
+            batch.add_ids(name, low, high)
         return
     # Listeners run after the commit: one that fails is logged and cannot undo the change
     # or stop the others.
@@ -233,6 +245,7 @@ def add_many(events: list[Event]) -> list[Event]:
         saved = Event.objects.bulk_create(events)
         for event in saved:
             pending.add([event.customer_id], [event.name])
+            pending.add_ids(event.name, event.pk, event.pk)
     return saved
 
 
@@ -272,18 +285,22 @@ def insert_cte(rows: str, *, name: str = "timeline", skip_duplicates: bool = Fal
 
 def summary_sql(name: str = "timeline") -> str:
     """A scalar SQL expression describing what the CTE ``name`` wrote, for :func:`written`."""
-    return f"""(SELECT coalesce(jsonb_object_agg(s.name, s.ids), '{{}}'::jsonb)
-        FROM (SELECT name, jsonb_agg(DISTINCT customer_id) AS ids FROM {name} GROUP BY name) s)"""
+    return f"""(SELECT coalesce(jsonb_object_agg(s.name, jsonb_build_object('c', s.ids, 'r', s.ids_range)), '{{}}'::jsonb)
+        FROM (SELECT name, jsonb_agg(DISTINCT customer_id) AS ids, jsonb_build_array(min(id), max(id)) AS ids_range
+              FROM {name} GROUP BY name) s)"""
 
 
 def written(summary, *, fields: Iterable[str] = (), created: Iterable[int] = ()) -> dict[str, list[int]]:
     """Register what a statement using :func:`insert_cte` wrote (the value of
     :func:`summary_sql`), to be sent after commit. Returns it as {event name: customer ids}."""
-    by_name = json.loads(summary) if isinstance(summary, (str, bytes)) else (summary or {})
+    summary = json.loads(summary) if isinstance(summary, (str, bytes)) else (summary or {})
+    by_name = {name: value["c"] for name, value in summary.items()}
     created = set(created)
     fields = set(fields)
     with _collecting() as pending:
         pending.add_by_name(by_name)
+        for name, value in summary.items():
+            pending.add_ids(name, *value["r"])
         if created or fields:
             ids = {pk for ids in by_name.values() for pk in ids} | created
             pending.add(ids, fields=fields, created=created)

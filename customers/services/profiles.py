@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from core.audit import audit
@@ -240,6 +241,51 @@ def customer_save(*, customer: Customer, changes: dict, created: bool, source: s
         elif changes:
             timeline.changed(customer_ids={customer.pk}, fields=set(changes))
     return customer
+
+
+def customers_field_set(*, customer_ids: list[int], field: str, value, source: str, actor: str) -> set[int]:
+    """Set one profile field (``lifecycle_stage``) or attribute (``attributes.<key>``) for
+    many customers in one statement, with a ``customer.updated`` timeline row for each
+    customer whose value changed. Call inside a transaction. Returns who changed."""
+    if not customer_ids:
+        return set()
+    if field == "lifecycle_stage":
+        new, old, target = "%(value)s::text", "o.lifecycle_stage", "lifecycle_stage = %(value)s::text"
+        changed = "c.lifecycle_stage IS DISTINCT FROM %(value)s::text"
+        stored = value
+    elif field.startswith("attributes.") and field.count(".") == 1:
+        new, old = "%(value)s::jsonb", "o.attributes -> %(key)s"
+        target = "attributes = c.attributes || jsonb_build_object(%(key)s::text, %(value)s::jsonb)"
+        changed = "c.attributes -> %(key)s IS DISTINCT FROM %(value)s::jsonb"
+        stored = json.dumps(value)
+    else:
+        raise ValueError(f"not a settable field: {field}")
+    params = {"ids": sorted(customer_ids), "value": stored, "key": field.split(".", 1)[-1], "field": field,
+              "now": timezone.now(), "source": source, "actor": actor}
+    rows = f"""
+        SELECT u.id AS customer_id, 'customer.updated' AS name, '' AS channel,
+               jsonb_build_object('changes', jsonb_build_object(%(field)s::text, jsonb_build_array(u.old, {new})))
+                   AS properties,
+               %(now)s::timestamptz AS occurred_at, %(now)s::timestamptz AS received_at, %(source)s AS source,
+               NULL AS idempotency_key, %(actor)s AS actor
+        FROM updated u"""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH old AS (SELECT c.id, {old.replace("o.", "c.")} AS old FROM customers_customer c
+                         WHERE c.id = ANY(%(ids)s) AND {changed} FOR UPDATE),
+            updated AS (
+                UPDATE customers_customer c SET {target}, updated_at = %(now)s FROM old
+                WHERE c.id = old.id RETURNING c.id, to_jsonb(old.old) AS old
+            ),
+            {timeline.insert_cte(rows)}
+            SELECT array(SELECT id FROM updated), {timeline.summary_sql()}
+            """,
+            params,
+        )
+        ids, summary = cursor.fetchone()
+    timeline.written(summary, fields={field})
+    return set(ids)
 
 
 # --- Devices ------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ The package, by subject:
 - ``explain``: every condition of a tree evaluated for one customer, and a tree in words.
 """
 
-from .compile import compile_query
+from .compile import compile_event_filter, compile_query
 from .explain import describe, explain_query, explain_tree
 from .language import (
     BOOL_OPS,
@@ -45,6 +45,6 @@ from .windows import window_crossings_query
 
 __all__ = [
     "BOOL_OPS", "BUILTIN_FIELDS", "COUNT_OPS", "DATE_FIELDS", "DATE_OPS", "ISO_DATE", "NUMBER_OPS", "TEXT_OPS",
-    "Dependencies", "RuleError", "compile_query", "dependencies", "describe", "explain_query", "explain_tree",
+    "Dependencies", "RuleError", "compile_event_filter", "compile_query", "dependencies", "describe", "explain_query", "explain_tree",
     "leaves", "validate", "window_crossings_query",
 ]

@@ -15,13 +15,14 @@ class _Sql:
     """Collects parameters for SQL text; placeholders are named (``%(p3)s``), so the text
     can be assembled in any order and a fragment can be used more than once."""
 
-    def __init__(self, now: datetime, customer_ids: list[int] | None):
+    def __init__(self, now: datetime, customer_ids: list[int] | None, prefix: str = "p"):
         self.params: dict[str, Any] = {}
         self.now = now
         self.customer_ids = customer_ids
+        self.prefix = prefix
 
     def param(self, value: Any) -> str:
-        key = f"p{len(self.params)}"
+        key = f"{self.prefix}{len(self.params)}"
         self.params[key] = value
         return f"%({key})s"
 
@@ -196,12 +197,15 @@ def _node_sql(sql: _Sql, node: dict, *, two_valued: bool = False) -> str:
     raise AssertionError(f"unhandled rule {node}")
 
 
-def compile_query(rules: dict, *, now: datetime, customer_ids: list[int] | None = None) -> tuple[str, dict]:
+def compile_query(rules: dict, *, now: datetime, customer_ids: list[int] | None = None,
+                  prefix: str = "p") -> tuple[str, dict]:
     """``SELECT c.id FROM customers_customer c WHERE …`` for a normalised tree.
 
     With ``customer_ids`` the query considers only those customers (incremental updates).
+    Parameters are named ``<prefix>0``, ``<prefix>1``…, so several compiled trees can share
+    one statement under different prefixes.
     """
-    sql = _Sql(now, customer_ids)
+    sql = _Sql(now, customer_ids, prefix)
     driver, rest = _driver(rules)
     if driver is not None:
         # Nothing reads the customer row itself: start from the table that selects the
@@ -213,6 +217,15 @@ def compile_query(rules: dict, *, now: datetime, customer_ids: list[int] | None 
     where = _node_sql(sql, rules)
     ids = _ids_filter(sql, "c.id")
     return f"SELECT c.id FROM customers_customer c WHERE {where}{ids}", sql.params
+
+
+def compile_event_filter(where: list[dict], *, now: datetime, prefix: str = "ef") -> tuple[str, dict]:
+    """A boolean SQL condition on an event row ``e`` for a normalised ``where`` list (the
+    property filters of an event rule), with its parameters named ``<prefix>0``, … so it can
+    sit in a query beside another compiled tree."""
+    sql = _Sql(now, None, prefix)
+    parts = [_json_value_sql(sql, "e.properties", cond["prop"], cond) for cond in where]
+    return " AND ".join(parts) or "TRUE", sql.params
 
 
 def _reads_customer_row(node: dict) -> bool:
