@@ -227,7 +227,7 @@ def build(ids: list[int]) -> tuple[list[OutgoingMessage], list[SendResult | Rend
             """
             SELECT d.id, d.customer_id, d.channel, d.variant_id, d.payload, ct.body, t.is_transactional,
                    c.external_id, c.email, c.phone, c.first_name, c.last_name, c.locale, c.timezone,
-                   c.lifecycle_stage, c.attributes, d.updated_at
+                   c.lifecycle_stage, c.attributes, d.updated_at, d.provider
             FROM campaigns_delivery d
             JOIN customers_customer c ON c.id = d.customer_id
             JOIN customers_topic t ON t.id = d.topic_id
@@ -250,7 +250,8 @@ def build(ids: list[int]) -> tuple[list[OutgoingMessage], list[SendResult | Rend
     compiled: dict = {}
     messages, failures, pending_email = [], [], []
     for (delivery_id, customer_id, channel, variant_id, payload, content_body, transactional,
-         external_id, email, phone, first_name, last_name, locale, tz_name, stage, attributes, claimed_at) in rows:
+         external_id, email, phone, first_name, last_name, locale, tz_name, stage, attributes, claimed_at,
+         pinned) in rows:
         # Django's cursor hands jsonb back as text.
         content_body, payload, attributes = (_json(content_body), _json(payload), _json(attributes))
         body = content_body if content_body is not None else (payload or {}).get(channel)
@@ -281,7 +282,7 @@ def build(ids: list[int]) -> tuple[list[OutgoingMessage], list[SendResult | Rend
         message = OutgoingMessage(
             delivery_id=delivery_id, customer_id=customer_id, channel=channel, to=to, content=content,
             idempotency_key=f"switchboard-delivery-{delivery_id}", devices=devices.get(customer_id, []),
-            marketing=marketing, claimed_at=claimed_at,
+            marketing=marketing, claimed_at=claimed_at, provider=pinned,
         )
         if channel == "email":
             pending_email.append((message, links))
@@ -380,9 +381,9 @@ def _send(messages: list[OutgoingMessage], *, settle: bool) -> tuple[list[SendRe
     provider_names: dict[int, str] = {}
     by_channel = defaultdict(list)
     for message in messages:
-        by_channel[message.channel].append(message)
-    for channel, group in by_channel.items():
-        provider = provider_for(channel)
+        by_channel[(message.channel, message.provider)].append(message)
+    for (channel, pinned), group in by_channel.items():
+        provider = provider_for(channel, pinned or None)
         try:
             for message in group:
                 provider_names[message.delivery_id] = provider.name

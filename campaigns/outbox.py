@@ -65,6 +65,17 @@ def _bucket(salt: str, modulo: int) -> str:
     return f"(abs(hashtext(%(campaign_id)s::text || '{salt}' || a.customer_id::text)::bigint) %% {modulo})"
 
 
+# Each candidate (customer, channel, …) of ``cand`` judged by the send policy, with what routing
+# reads: an explicit subscription, engagement (the CTE ``engaged``) and the customer's zone.
+JUDGED_SQL = f"""judged AS (
+        SELECT cand.*, {reason_sql(cap_counts="recent.sent")} AS reason, sub.subscribed IS TRUE AS explicit,
+               coalesce(e.score, 0) AS score, t.is_transactional, {local_zone_sql()} AS zone
+        FROM cand {joins_sql()}
+        LEFT JOIN recent ON recent.customer_id = cand.customer_id
+        LEFT JOIN engaged e ON e.customer_id = cand.customer_id AND e.channel = cand.channel
+    )"""
+
+
 def snapshot_sql(campaign: Campaign, *, variants: list[tuple[int, int]], test_share: int | None) -> tuple[str, str, dict]:
     """The one INSERT … SELECT that writes a campaign's Delivery rows, with routing and policy,
     in two parts: the routing CTEs, ending in ``j`` (one row per candidate customer × channel,
@@ -129,13 +140,7 @@ def snapshot_sql(campaign: Campaign, *, variants: list[tuple[int, int]], test_sh
                {variant_expr} AS variant_id
         FROM audience a CROSS JOIN unnest(%(channels)s::text[]) WITH ORDINALITY AS ch(channel, pos)
     ),
-    judged AS (
-        SELECT cand.*, {reason_sql(cap_counts="recent.sent")} AS reason, sub.subscribed IS TRUE AS explicit,
-               coalesce(e.score, 0) AS score, t.is_transactional, {local_zone_sql()} AS zone
-        FROM cand {joins_sql()}
-        LEFT JOIN recent ON recent.customer_id = cand.customer_id
-        LEFT JOIN engaged e ON e.customer_id = cand.customer_id AND e.channel = cand.channel
-    ),
+    {JUDGED_SQL},
     ranked AS (
         SELECT judged.*,
                count(*) FILTER (WHERE explicit AND reason IS NULL) OVER w AS explicit_ok,
@@ -220,3 +225,95 @@ def predicted(campaign: Campaign, *, now: datetime) -> dict:
 
 def json_rows(rows: list[dict]) -> str:
     return json.dumps(rows, default=str)
+
+
+# --- Journey steps: one message per customer, through the same policy ---------------------------
+
+
+def journey_deliveries_write(
+    *, journey_id: int, node_id: str, topic_id: int, channels: list[str], content: dict,
+    rows: list[tuple[int, str]], now: datetime, sandbox: bool = False,
+) -> dict[str, tuple[int, str, str]]:
+    """Write one Delivery per (customer id, idempotency key) of a journey's send step, in one
+    statement: the channel is the only one in ``channels``, or (for the customer's preferred
+    channel) chosen like a ``preferred`` campaign: an explicit subscription, then engagement,
+    then the order of ``channels``. The send policy decides each row: planned (due now, or
+    deferred by quiet hours) or suppressed with its reason.
+
+    A key already written is kept as it was (a retried step sends nothing twice). ``sandbox``
+    pins the sandbox provider (test mode). Returns {key: (delivery id, channel, status)}
+    for every key, old or new.
+    """
+    if not rows:
+        return {}
+    policy = PolicySettings.current()
+    params = {
+        **policy.params(),
+        "rows": json_rows([{"customer_id": customer_id, "key": key} for customer_id, key in rows]),
+        "channels": channels,
+        "topic_id": topic_id,
+        "journey_id": journey_id,
+        "node": node_id,
+        "payload": json.dumps(content),
+        "now": now,
+        "planned": DeliveryStatus.PLANNED,
+        "suppressed": DeliveryStatus.SUPPRESSED,
+        "provider": "sandbox" if sandbox else "",
+    }
+    sql = f"""
+    WITH {ZONES_SQL}, {RECENT_SQL},
+    asked AS (SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(customer_id bigint, key text)),
+    fresh AS (
+        SELECT asked.* FROM asked
+        WHERE NOT EXISTS (SELECT 1 FROM campaigns_delivery d WHERE d.idempotency_key = asked.key)
+    ),
+    engaged AS (
+        SELECT d.customer_id, d.channel, count(d.opened_at) + count(d.clicked_at) AS score
+        FROM campaigns_delivery d
+        WHERE d.customer_id IN (SELECT customer_id FROM fresh)
+          AND d.opened_at IS NOT NULL AND d.created_at > %(now)s - interval '180 days'
+        GROUP BY 1, 2
+    ),
+    cand AS (
+        SELECT fresh.customer_id, fresh.key, ch.channel, ch.pos, %(topic_id)s::bigint AS topic_id
+        FROM fresh CROSS JOIN unnest(%(channels)s::text[]) WITH ORDINALITY AS ch(channel, pos)
+    ),
+    {JUDGED_SQL},
+    j AS (
+        SELECT judged.*,
+               CASE WHEN judged.reason IS NOT NULL THEN 'fallback' WHEN judged.explicit THEN 'explicit'
+                    WHEN judged.score > 0 THEN 'engagement' ELSE 'fallback' END AS routed_by,
+               row_number() OVER (
+                   PARTITION BY judged.key
+                   ORDER BY judged.reason IS NULL DESC, judged.explicit DESC, judged.score DESC, judged.pos
+               ) AS choice
+        FROM judged
+    ),
+    ins AS (
+        INSERT INTO campaigns_delivery
+            (journey_id, journey_step, customer_id, topic_id, channel, status, reason, routed_by, due_at,
+             payload, idempotency_key, provider)
+        SELECT %(journey_id)s, %(node)s, j.customer_id, j.topic_id, j.channel,
+               CASE WHEN j.reason IS NOT NULL THEN %(suppressed)s ELSE %(planned)s END,
+               coalesce(j.reason, ''), CASE WHEN cardinality(%(channels)s::text[]) = 1 THEN 'explicit' ELSE j.routed_by END,
+               CASE WHEN j.is_transactional THEN %(now)s::timestamptz ELSE {defer_sql('%(now)s::timestamptz', 'j.zone')} END,
+               %(payload)s::jsonb, j.key, %(provider)s
+        FROM j WHERE j.choice = 1
+        ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING id, idempotency_key, channel, status, reason
+    ),
+    {bump_ctes("""SELECT 0::bigint AS campaign_id, %(journey_id)s::bigint AS journey_id, channel, 0::bigint AS variant_id,
+        CASE WHEN status = %(suppressed)s THEN status || '.' || reason ELSE %(planned)s END AS metric,
+        %(now)s::timestamptz AS at, count(*) AS n FROM ins GROUP BY 3, 5""")}
+    SELECT idempotency_key, id, channel, status FROM ins
+    UNION ALL
+    SELECT d.idempotency_key, d.id, d.channel, d.status FROM campaigns_delivery d
+    WHERE d.idempotency_key IN (SELECT key FROM asked) AND d.idempotency_key NOT IN (SELECT key FROM fresh)
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        result = {key: (delivery_id, channel, status) for key, delivery_id, channel, status in cursor.fetchall()}
+    written = sum(1 for _, _, status in result.values())
+    if written:
+        publish_after_commit([(0, journey_id, written)])
+    return result

@@ -36,6 +36,9 @@ class OutgoingMessage:
     marketing: bool = True
     # When the delivery was first claimed: lookups look no further back than this.
     claimed_at: datetime | None = None
+    # A provider this delivery must go through (a journey's test mode pins the sandbox),
+    # or "" for the channel's configured one.
+    provider: str = ""
 
 
 @dataclass
