@@ -431,6 +431,20 @@ DELIVERY_CONCURRENCY = int(os.environ.get("DELIVERY_CONCURRENCY", "16"))
 DELIVERY_LEASE_SECONDS = int(os.environ.get("DELIVERY_LEASE_SECONDS", "60"))
 DELIVERY_MAX_ATTEMPTS = int(os.environ.get("DELIVERY_MAX_ATTEMPTS", "5"))
 
+# Journeys (journeys/).
+# Due wake-ups claimed per statement, and how long a worker keeps claiming before it yields.
+JOURNEY_BATCH_SIZE = int(os.environ.get("JOURNEY_BATCH_SIZE", "5000"))
+# The minute task keeps claiming wake-ups (and sleeping until the next is due) this long.
+JOURNEY_TICK_SECONDS = float(os.environ.get("JOURNEY_TICK_SECONDS", "50"))
+# In test mode every wait lasts this many seconds.
+JOURNEY_TEST_WAIT_SECONDS = int(os.environ.get("JOURNEY_TEST_WAIT_SECONDS", "5"))
+# Webhook nodes may call only these hosts (exact names, or ".example.com" for subdomains);
+# without an entry, any public host is allowed and internal addresses never are.
+JOURNEY_WEBHOOK_ALLOWED_HOSTS = env_list("JOURNEY_WEBHOOK_ALLOWED_HOSTS", "")
+# The shared secret webhook receivers verify the X-Switchboard-Signature header with.
+JOURNEY_WEBHOOK_SECRET = os.environ.get("JOURNEY_WEBHOOK_SECRET", "")
+JOURNEY_WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("JOURNEY_WEBHOOK_TIMEOUT_SECONDS", "5"))
+
 # Twilio (or a Twilio-compatible API) for SMS, WhatsApp and voice.
 TWILIO_ACCOUNT_SID = os.environ.get("TWILIO_ACCOUNT_SID", "")
 TWILIO_AUTH_TOKEN = os.environ.get("TWILIO_AUTH_TOKEN", "")

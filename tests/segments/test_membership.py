@@ -168,7 +168,8 @@ def test_unrelated_events_leave_segments_alone(django_assert_max_num_queries):
     customer = CustomerFactory()
     services.segment_create(name="Experts", rules={"attr": "lifecycle_stage", "op": "eq", "value": "expert"}, actor="t")
     services.segment_create(name="Openers", rules={"event": "message.opened"}, actor="t")
-    with django_assert_max_num_queries(8):
+    # One more than the segments need: the journeys' listener asks once what live journeys hear.
+    with django_assert_max_num_queries(9):
         platform_event(customer, "page_viewed")
     assert not customer.events.filter(category="segment").exists()
 

@@ -1,0 +1,259 @@
+"""Journeys listen to the one event stream: a committed change can end runs (a goal, an exit
+rule), resume customers waiting for an event, and start new runs (event and segment
+triggers). It runs right after the change commits, in the process that made it, so an
+event reaches its journey step in well under a second; if it fails, the work is handed to
+a background task with the same change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from django.db import connection, transaction
+from django.dispatch import receiver
+
+from customers.signals import customers_changed
+from customers.timeline import Change
+
+from . import executor
+from . import graph as graphs
+from .models import Action, EnrollmentStatus, Journey, JourneyVersion
+
+logger = logging.getLogger(__name__)
+
+# Customers entered per transaction when a change lets many in at once (a segment of 400,000).
+ENTRY_CHUNK = 5_000
+SEGMENT_EVENTS = {"segment_entered": "segment.entered", "segment_exited": "segment.exited"}
+
+
+@dataclass(frozen=True)
+class _Running:
+    """What the live and paused journeys and the action catalog listen for."""
+
+    journeys: dict[int, tuple[str, int | None]]  # id → (status, live version id)
+    versions: dict[int, tuple[int, dict]]  # version id → (journey id, graph)
+    action_events: frozenset[str]  # the events that answer a next-best-action offer
+
+
+_cache: dict = {"key": None, "running": None}
+
+
+def running() -> _Running:
+    """The journeys that react to events, their versions' graphs and the catalog's outcome
+    events, cached until a journey changes status, a version is published or the catalog
+    changes: one small query per change."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT (SELECT coalesce(jsonb_agg(jsonb_build_array(id, status, live_version_id) ORDER BY id), '[]')
+                       FROM journeys_journey WHERE status IN ('live', 'paused')),
+                      (SELECT coalesce(max(id), 0) FROM journeys_journeyversion WHERE NOT is_test),
+                      (SELECT count(*) || ':' || coalesce(max(updated_at)::text, '') FROM journeys_action)"""
+        )
+        listed, newest, catalog = cursor.fetchone()
+    journeys = {pk: (status, version) for pk, status, version in executor.loads(listed)}
+    key = (tuple(sorted(journeys.items())), newest, catalog)
+    if _cache["key"] != key:
+        versions = {
+            pk: (journey_id, graph)
+            for pk, journey_id, graph in JourneyVersion.objects.filter(journey_id__in=journeys, is_test=False)
+            .values_list("pk", "journey_id", "graph")
+        }
+        events = {name for pair in Action.objects.filter(active=True).values_list("accept_event", "reject_event")
+                  for name in pair if name}
+        _cache.update(key=key, running=_Running(journeys=journeys, versions=versions, action_events=frozenset(events)))
+    return _cache["running"]
+
+
+@receiver(customers_changed, dispatch_uid="journeys.on_customers_changed")
+def on_customers_changed(sender, change: Change, **kwargs):
+    # The journeys' own timeline rows are not news to them.
+    names = {name for name in change.names if not name.startswith("journey.")}
+    if not names:
+        return
+    try:
+        react(change, names)
+    except Exception:
+        logger.exception("journeys could not react to a change; queued for the background workers")
+        from django_q.tasks import async_task
+
+        async_task("journeys.tasks.react", {
+            "by_name": {name: sorted(ids) for name, ids in change.by_name.items()},
+            "event_ids": {name: list(span) for name, span in change.event_ids.items()},
+        })
+
+
+def react(change: Change, names: set[str]) -> None:
+    now = executor.current_time()
+    state = running()
+    if names & state.action_events:
+        _nba_outcomes(change, names, now)
+    # Waits first: the order that ends "wait for the order" takes its branch, and the goal
+    # it also is still counts (runs that ended at this moment convert too).
+    _resume_waits(change, names, now)
+    if state.versions:
+        _goals_and_exits(state, change, names, now)
+    _start(state, change, names, now)
+
+
+def _nba_outcomes(change: Change, names: set[str], now) -> None:
+    from . import nba
+
+    nba.outcomes_record(customer_ids=set(change.customer_ids), by_name=change.by_name, now=now)
+
+
+# --- Goals and exit rules ----------------------------------------------------------------------------
+
+
+def _in_flight(journey_id: int, version_ids: list[int], customer_ids: set[int], now=None) -> list[int]:
+    """Runs of these customers in flight, and (with ``now``) those that completed at ``now``."""
+    if not customer_ids:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT id FROM journeys_enrollment
+               WHERE journey_id = %s AND version_id = ANY(%s) AND customer_id = ANY(%s) AND NOT test
+                 AND (ended_at IS NULL OR (%s::timestamptz IS NOT NULL AND ended_at = %s AND status = 'completed'))""",
+            [journey_id, version_ids, sorted(customer_ids), now, now],
+        )
+        return [pk for (pk,) in cursor.fetchall()]
+
+
+def _members(segment_id: int, customer_ids: set[int]) -> set[int]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT customer_id FROM segments_segmentmembership WHERE segment_id = %s AND customer_id = ANY(%s)",
+            [segment_id, sorted(customer_ids)],
+        )
+        return {pk for (pk,) in cursor.fetchall()}
+
+
+def _unsubscribed(topic_key: str, customer_ids: set[int]) -> set[int]:
+    """Customers subscribed to the topic on no channel any more."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT c FROM unnest(%s::bigint[]) AS c WHERE NOT EXISTS (
+                   SELECT 1 FROM customers_subscription s JOIN customers_topic t ON t.id = s.topic_id
+                   WHERE s.customer_id = c AND t.key = %s AND s.subscribed)""",
+            [sorted(customer_ids), topic_key],
+        )
+        return {pk for (pk,) in cursor.fetchall()}
+
+
+def _goals_and_exits(state: _Running, change: Change, names: set[str], now) -> None:
+    by_journey: dict[int, list[tuple[int, dict]]] = {}
+    for version_id, (journey_id, graph) in state.versions.items():
+        by_journey.setdefault(journey_id, []).append((version_id, graph.get("settings") or {}))
+    for journey_id, versions in by_journey.items():
+        for version_id, settings_ in versions:
+            reached: set[int] = set()
+            goal = settings_.get("goal") or {}
+            if goal.get("event") in names:
+                reached = change.customers_with([goal["event"]])
+            elif goal.get("segment") and "segment.entered" in names:
+                reached = _members(goal["segment"], change.customers_with(["segment.entered"]))
+            leaving: set[int] = set()
+            for rule in settings_.get("exits") or []:
+                if rule.get("event") in names:
+                    leaving |= change.customers_with([rule["event"]])
+                elif rule.get("segment_left") and "segment.exited" in names:
+                    who = change.customers_with(["segment.exited"])
+                    leaving |= who - _members(rule["segment_left"], who)
+                elif rule.get("unsubscribed") and "subscription.changed" in names:
+                    leaving |= _unsubscribed(rule["unsubscribed"], change.customers_with(["subscription.changed"]))
+            if not reached and not leaving:
+                continue
+            with transaction.atomic():
+                converted = _in_flight(journey_id, [version_id], reached, now=now)
+                executor.end_enrollments(converted, status=EnrollmentStatus.CONVERTED, reason="goal reached", now=now,
+                                         ended_now=True)
+                exited = _in_flight(journey_id, [version_id], leaving - reached)
+                executor.end_enrollments(exited, status=EnrollmentStatus.EXITED, reason="exit rule", now=now)
+
+
+# --- Event waits ---------------------------------------------------------------------------------------
+
+
+def _ranges(change: Change, names: set[str]) -> list[dict]:
+    return [{"name": name, "lo": span[0], "hi": span[1]} for name, span in change.event_ids.items() if name in names]
+
+
+def _resume_waits(change: Change, names: set[str], now) -> None:
+    ranges = _ranges(change, names)
+    if not ranges:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT DISTINCT ON (w.enrollment_id) w.enrollment_id, w.seq, w.node, ev.properties
+            FROM jsonb_to_recordset(%(ranges)s::jsonb) AS r(name text, lo bigint, hi bigint)
+            JOIN journeys_eventwait w ON w.event = r.name AND w.customer_id = ANY(%(customers)s)
+            JOIN customers_event ev ON ev.customer_id = w.customer_id AND ev.name = r.name
+                 AND ev.id BETWEEN r.lo AND r.hi
+            WHERE w.match_property = '' OR ev.properties ->> w.match_property = w.match_value
+            ORDER BY w.enrollment_id, ev.id
+            """,
+            {"ranges": json.dumps(ranges), "customers": sorted(change.customer_ids)},
+        )
+        found = cursor.fetchall()
+    items = [executor.Resume(pk, seq, node, "event", {"event": executor.loads(properties)})
+             for pk, seq, node, properties in found]
+    for start in range(0, len(items), ENTRY_CHUNK):
+        executor.resume_many(items[start:start + ENTRY_CHUNK], now=now)
+
+
+# --- Triggers -------------------------------------------------------------------------------------------
+
+
+def trigger_event(config: dict) -> str | None:
+    kind = config.get("kind")
+    if kind == "event":
+        return config.get("event")
+    return SEGMENT_EVENTS.get(kind)
+
+
+def _start(state: _Running, change: Change, names: set[str], now) -> None:
+    from segments.rules import compile_event_filter, validate
+
+    for journey_id, (status, version_id) in state.journeys.items():
+        if status != Journey.Status.LIVE or version_id not in state.versions:
+            continue
+        graph = state.versions[version_id][1]
+        config = (graphs.trigger(graph) or {}).get("config") or {}
+        name = trigger_event(config)
+        if name not in names or name not in change.event_ids:
+            continue
+        where = config.get("where") or []
+        if where:
+            catalog = graphs.Catalog.load()
+            where = validate({"event": "x", "where": where}, topics=catalog.topics,
+                             segment_ids=catalog.segments)["where"]
+        filter_sql, params = compile_event_filter(where, now=now)
+        if config.get("kind") in SEGMENT_EVENTS:
+            filter_sql += " AND e.properties -> 'segment_id' = to_jsonb(%(segment)s::int)"
+            params["segment"] = config["segment"]
+        prop = ((graph.get("settings") or {}).get("reentry") or {}).get("property") or ""
+        lo, hi = change.event_ids[name]
+        params.update(name=name, lo=lo, hi=hi, prop=prop, customers=sorted(change.customers_with([name])))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                SELECT DISTINCT ON (e.customer_id, coalesce(e.properties ->> %(prop)s, ''))
+                       e.customer_id, coalesce(e.properties ->> %(prop)s, ''), e.properties
+                FROM customers_event e
+                WHERE e.name = %(name)s AND e.id BETWEEN %(lo)s AND %(hi)s AND e.customer_id = ANY(%(customers)s)
+                  AND {filter_sql}
+                ORDER BY e.customer_id, coalesce(e.properties ->> %(prop)s, ''), e.id DESC
+                """,
+                params,
+            )
+            entries = [executor.Entry(customer, executor.loads(properties), run_key)
+                       for customer, run_key, properties in cursor.fetchall()]
+        if not entries:
+            continue
+        journey = Journey.objects.get(pk=journey_id)
+        version = JourneyVersion.objects.get(pk=version_id)
+        for start in range(0, len(entries), ENTRY_CHUNK):
+            with transaction.atomic():
+                executor.enter(journey=journey, version=version, entries=entries[start:start + ENTRY_CHUNK], now=now)
