@@ -154,8 +154,12 @@ def on_unexpected(request, exc):
 
 from campaigns.api import router as campaigns_router  # noqa: E402
 from customers.api import router as customers_router  # noqa: E402
+from journeys.api import router as journeys_router  # noqa: E402
+from journeys.api_actions import router as actions_router  # noqa: E402
 from segments.api import router as segments_router  # noqa: E402
 
 api.add_router("/v1/", customers_router)
 api.add_router("/v1/", segments_router)
 api.add_router("/v1/", campaigns_router)
+api.add_router("/v1/", actions_router)
+api.add_router("/v1/", journeys_router)
