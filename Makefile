@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell for p in python3.13 python3.12 python3 $$(ls -d $$(pyenv root 2>/dev/null)/versions/3.1[2-9]*/bin/python3 2>/dev/null); do \
 	if "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then command -v "$$p"; break; fi; done)
 
-.PHONY: install run test bench chromium clean
+.PHONY: install assets run test bench chromium clean
 
 install: $(VENV)/.installed
 
@@ -24,7 +24,43 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PY) -m pip install --quiet -r requirements.lock
 	@touch $@
 
-run: install
+# The journey canvas: @antv/x6 and @dagrejs/dagre from package-lock.json, bundled by esbuild
+# into static/build/ (git-ignored), with the machine's Node.js. npm ci runs again only when the
+# lock file changes, the bundle only when a source or the packages change.
+ASSET_SOURCES := $(wildcard static/src/*.js static/src/*.mjs)
+NODE_STAMP := node_modules/.switchboard-installed
+ASSET_STAMP := static/build/.built
+
+assets: $(ASSET_STAMP)
+
+# Checked only when something has to be installed or bundled: a built bundle needs no Node.js.
+define NODE_CHECK
+	@if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+		echo "Switchboard builds its journey canvas with Node.js and npm, and they were not found."; \
+		echo "Install Node.js 20 or newer with npm ('apt-get install nodejs npm', 'brew install node',"; \
+		echo "or from nodejs.org), then run make again."; \
+		exit 1; \
+	fi
+	@if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)'; then \
+		echo "Switchboard builds its journey canvas with Node.js 20 or newer; this is Node.js $$(node --version)."; \
+		echo "Install a newer one ('brew install node', nodejs.org, or 'nvm install 20'), then run make again."; \
+		exit 1; \
+	fi
+endef
+
+$(NODE_STAMP): package.json package-lock.json
+	$(NODE_CHECK)
+	@echo "Installing the front-end packages (npm ci)"
+	@npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(ASSET_STAMP): $(NODE_STAMP) $(ASSET_SOURCES)
+	$(NODE_CHECK)
+	@echo "Bundling the journey canvas into static/build/"
+	@npm run --silent build
+	@touch $@
+
+run: install assets
 	@DEBUG=$${DEBUG:-1} $(PY) -m config.run
 
 # Browser tests drive the system Chromium; install it from the OS packages when missing.
@@ -40,11 +76,11 @@ chromium:
 		exit 1; \
 	fi
 
-test: install chromium
+test: install assets chromium
 	@DEBUG=$${DEBUG:-1} $(PY) -m config.localdb --throwaway -- $(PY) -m pytest $(PYTEST_ARGS)
 
-bench: install
+bench: install assets
 	@DEBUG=$${DEBUG:-1} $(PY) -m config.localdb --throwaway -- $(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache
+	rm -rf $(VENV) .data .pytest_cache node_modules static/build

@@ -14,6 +14,7 @@ urlpatterns = [
     path("customers/", include("customers.urls")),
     path("segments/", include("segments.urls")),
     path("campaigns/", include("campaigns.urls")),
+    path("journeys/", include("journeys.urls")),
     path("", include("campaigns.tracking_urls")),
     path("", include("dashboards.urls")),
 ]

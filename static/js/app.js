@@ -77,6 +77,23 @@
     });
   }).observe(document.documentElement, { childList: true, subtree: true, attributes: true, attributeFilter: ["data-width"] });
 
-  document.addEventListener("DOMContentLoaded", function () { scheduleFlashes(document); });
-  document.addEventListener("htmx:afterSettle", function () { scheduleFlashes(document); });
+  // <time data-local-time datetime="…"> is written in the server's time zone; show it in the
+  // viewer's own, with the zone's short name.
+  var localFormat = window.Intl ? new Intl.DateTimeFormat(undefined, {
+    month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", timeZoneName: "short",
+  }) : null;
+
+  function localTimes(root) {
+    if (!localFormat) return;
+    (root || document).querySelectorAll("time[data-local-time]:not([data-localised])").forEach(function (time) {
+      var moment = new Date(time.getAttribute("datetime"));
+      if (isNaN(moment.getTime())) return;
+      time.dataset.localised = "1";
+      time.title = time.textContent;
+      time.textContent = localFormat.format(moment);
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { scheduleFlashes(document); localTimes(document); });
+  document.addEventListener("htmx:afterSettle", function () { scheduleFlashes(document); localTimes(document); });
 })();
