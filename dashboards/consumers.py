@@ -1,5 +1,5 @@
-"""Websocket consumers for the live dashboards: authenticate, check access, join the
-group, and forward coalesced updates. They never write."""
+"""Websocket consumers for the live dashboards and the journeys' live maps: authenticate,
+check access, join the group, and forward coalesced updates. They never write."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from django.conf import settings
 
 from campaigns.models import Campaign
 from customers.roles import can_use_marketing, can_view_customers
+from journeys.models import Journey
 
 from . import live
-from .publish import OVERVIEW, campaign_group, publisher, session_group
+from .publish import OVERVIEW, campaign_group, journey_group, publisher, session_group
 
 # Close codes the page understands: not signed in, not allowed.
 UNAUTHENTICATED = 4401
@@ -91,6 +92,10 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if update is None:
             await self.close(code=FORBIDDEN)
             return
+        await self.send_update(update)
+
+    async def send_update(self, update) -> None:
+        """A dashboard's update: the out-of-band fragments, then the chart figures."""
         html, charts = update
         await self.send(text_data=html)
         await self.send(text_data=charts)
@@ -114,3 +119,19 @@ class CampaignConsumer(DashboardConsumer):
 
     def build(self):
         return live.campaign_update(self.campaign_id)
+
+
+class JourneyMapConsumer(DashboardConsumer):
+    """A journey's live map: JSON ``{"counts": {...}}`` in the shape the journey canvas takes
+    (see journeys.queries.map_counts), on connect and after customers move."""
+
+    def allowed(self, user) -> bool:
+        self.journey_id = int(self.scope["url_route"]["kwargs"]["journey_id"])
+        self.group = journey_group(self.journey_id)
+        return can_use_marketing(user) and Journey.objects.filter(pk=self.journey_id).exists()
+
+    def build(self):
+        return live.journey_map_update(self.journey_id)
+
+    async def send_update(self, update) -> None:
+        await self.send(text_data=update)

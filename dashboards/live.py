@@ -1,5 +1,5 @@
 """The fragments a live dashboard receives: the same partials the pages render, marked
-out-of-band, plus the chart figures as JSON.
+out-of-band, plus the chart figures as JSON; and the counts a journey's live map receives.
 
 Rendered once per group per push interval in each process and shared by every socket
 watching it, so 200 open dashboards cost one render, not 200.
@@ -15,6 +15,8 @@ from channels.db import database_sync_to_async
 from django.template.loader import render_to_string
 
 from campaigns.models import Campaign
+from journeys import queries as journey_queries
+from journeys.models import Journey
 
 from . import charts, queries
 
@@ -47,6 +49,14 @@ def campaign_update(campaign_id: int) -> tuple[str, str] | None:
     context = campaign_context(campaign, oob=True)
     html = render_to_string("dashboards/campaign.html#live", context)
     return html, json.dumps({"charts": {"series-chart": context["series_chart"]}})
+
+
+def journey_map_update(journey_id: int) -> str | None:
+    """The live map's figures as JSON ``{"counts": …}``; None once the journey is gone."""
+    journey = Journey.objects.select_related("live_version").filter(pk=journey_id).first()
+    if journey is None:
+        return None
+    return json.dumps({"counts": journey_queries.map_figures(journey)})
 
 
 class SharedRenders:

@@ -1,11 +1,11 @@
-"""Tell the dashboards that figures changed, coalesced per process.
+"""Tell the dashboards and the journeys' live maps that figures changed, coalesced per process.
 
 Services publish after commit (``campaigns.signals.counters_changed``, ingestion,
-segment changes). A burst of thousands of changes a second must not become thousands of
-channel-layer messages to every open dashboard, so each process collects the groups that
-changed and sends one message per group at most every ``DASHBOARD_PUBLISH_INTERVAL``
-seconds, from one background thread with its own event loop. The first change after a
-quiet spell goes out at once.
+segment changes, ``journeys.signals.journeys_moved``). A burst of thousands of changes a
+second must not become thousands of channel-layer messages to every open dashboard, so
+each process collects the groups that changed and sends one message per group at most
+every ``DASHBOARD_PUBLISH_INTERVAL`` seconds, from one background thread with its own event
+loop. The first change after a quiet spell goes out at once.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from django.utils.crypto import salted_hmac
 
 from campaigns.signals import counters_changed
 from customers.signals import customers_changed
+from journeys.signals import journeys_moved
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ OVERVIEW = "overview"
 
 def campaign_group(campaign_id: int) -> str:
     return f"campaign.{campaign_id}"
+
+
+def journey_group(journey_id: int) -> str:
+    return f"journey-{journey_id}"
 
 
 def session_group(session_key: str) -> str:
@@ -127,6 +132,12 @@ def on_customers_changed(sender, change, **kwargs):
     # The overview shows events received and segment sizes; message events move campaign
     # figures, which counters_changed publishes already.
     publisher.publish({OVERVIEW})
+
+
+@receiver(journeys_moved, dispatch_uid="dashboards.on_journeys_moved")
+def on_journeys_moved(sender, journey_ids=(), **kwargs):
+    """Customers entered, moved in or left these journeys: their live maps refresh."""
+    publisher.publish({journey_group(pk) for pk in journey_ids})
 
 
 @receiver(user_logged_out, dispatch_uid="dashboards.on_logout")

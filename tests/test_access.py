@@ -26,6 +26,8 @@ from campaigns import dispatch
 from campaigns.services import lifecycle
 from campaigns.models import Delivery, SandboxMessage
 from customers.models import Customer
+from journeys.models import Action, Decision
+from tests.journeys.factories import live_version, support_task, task_graph, waiting_at
 from tests.campaigns.conftest import audience, make_campaign  # noqa: F401  (audience is a fixture)
 from tests.conftest import WAIT_SECONDS
 
@@ -142,6 +144,32 @@ ACCESS: dict[str, Access] = {
     "campaigns:cancel": MARKETING,
     "campaigns:send_remainder": MARKETING,
     "campaign-dashboard": MARKETING,
+    # Journeys: the list, the builder, the live map, publishing, dry runs and tests.
+    "journeys:list": MARKETING,
+    "journeys:detail": MARKETING,
+    "journeys:pause": MARKETING,
+    "journeys:resume": MARKETING,
+    "journeys:stop": MARKETING,
+    "journeys:map_node": MARKETING,
+    "journeys:publish": MARKETING,
+    "journeys:dry_run": MARKETING,
+    "journeys:test": MARKETING,
+    "journeys:test_run": MARKETING,
+    "journeys:builder": MARKETING,
+    "journeys:builder_draft": MARKETING,
+    "journeys:builder_node": MARKETING,
+    "journeys:builder_settings": MARKETING,
+    "journeys:builder_validate": MARKETING,
+    # The next-best-action catalog is the marketers'; a decision's "why" is for support too.
+    "journeys:action_list": MARKETING,
+    "journeys:action_new": MARKETING,
+    "journeys:action_edit": MARKETING,
+    "journeys:decision": CUSTOMERS,
+    # The Journeys card on the customer page, and the support queue of tasks journeys hand over.
+    "journeys:customer_card": CUSTOMERS,
+    "journeys:tasks": CUSTOMERS,
+    "journeys:task": CUSTOMERS,
+    "journeys:task_assign": CUSTOMERS,
     # Reached from messages by customers, who never sign in: the signed token is the key.
     "tracking:open": PUBLIC,
     "tracking:click": PUBLIC,
@@ -256,7 +284,17 @@ def objects(audience):
     """A campaign launched and sent through the sandbox: deliveries and outbox messages exist."""
     campaign = lifecycle.campaign_launch(campaign=make_campaign(audience), actor="test")
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
-    return {"campaign": campaign, "segment": audience["segment"], "customer": audience["people"]["ada"]}
+    ada = audience["people"]["ada"]
+    # A live journey handing Ada to support (a task), a test run of it, an action and a decision.
+    version = live_version(task_graph())
+    run = waiting_at(version, "call", customer=ada)
+    task = support_task(run)
+    test_run = waiting_at(version, "call", customer=ada, test=True, run_key="test:1")
+    action = Action.objects.create(key="coupon", name="Coupon", accept_event="order_completed")
+    decision = Decision.objects.create(customer=ada, action=action, journey_id=version.journey_id, node="offer",
+                                       idempotency_key="access-test")
+    return {"campaign": campaign, "segment": audience["segment"], "customer": ada, "journey": version.journey,
+            "task": task, "test_run": test_run, "action": action, "decision": decision}
 
 
 def path_values(objects, user) -> dict[str, object]:
@@ -265,6 +303,12 @@ def path_values(objects, user) -> dict[str, object]:
     return {
         "customer_id": objects["customer"].pk,
         "segment_id": objects["segment"].pk,
+        "journey_id": objects["journey"].pk,
+        "node_id": "call",
+        "enrollment_id": objects["test_run"].pk,
+        "task_id": objects["task"].pk,
+        "action_id": objects["action"].pk,
+        "decision_id": objects["decision"].pk,
         "campaign_id": objects["campaign"].pk,
         "delivery_id": Delivery.objects.filter(campaign=objects["campaign"]).first().pk,
         "message_id": SandboxMessage.objects.filter(channel="email").first().pk,  # the email frame needs an email
