@@ -40,6 +40,7 @@ def main() -> int:
     manage("seed_demo", "--if-empty", env=env)
     manage("seed_segments", "--if-empty", env=env)
     manage("seed_campaigns", "--if-empty", env=env)
+    manage("seed_journeys", "--if-empty", env=env)
 
     children = [
         subprocess.Popen(
