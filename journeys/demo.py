@@ -235,6 +235,7 @@ def behave(rng: random.Random, *, at=None, scale: int = 1) -> None:
 
 
 FIRST_NAMES = ("Ada", "Bruno", "Chiara", "Dmitri", "Elif", "Farah", "Goran", "Hana", "Ivo", "Jun", "Kofi", "Lena")
+LAST_NAMES = ("Okafor", "Lindqvist", "Moreau", "Tanaka", "Novak", "Haddad", "Costa", "Schmidt", "Kowalski", "Reyes")
 
 
 def _signups(rng: random.Random, scale: int) -> None:
@@ -243,10 +244,11 @@ def _signups(rng: random.Random, scale: int) -> None:
 
     items = []
     for _ in range(rng.randint(0, scale)):
-        first = rng.choice(FIRST_NAMES)
+        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
         number = rng.randint(100000, 999999)
         items.append(CustomerInput(external_id=f"signup-{number}", email=f"{first.lower()}.{number}@example.com",
-                                   first_name=first, timezone="Europe/London", lifecycle_stage="new"))
+                                   first_name=first, last_name=last, timezone="Europe/London",
+                                   lifecycle_stage="new"))
     if items:
         customers_upsert(items=items, source="demo", actor="demo")
 
