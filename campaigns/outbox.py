@@ -241,7 +241,7 @@ def journey_deliveries_write(
     deferred by quiet hours) or suppressed with its reason.
 
     A key already written is kept as it was (a retried step sends nothing twice). ``sandbox``
-    pins the sandbox provider (test mode). Returns {key: (delivery id, channel, status)}
+    pins the sandbox provider and leaves the counters alone (test mode). Returns {key: (delivery id, channel, status)}
     for every key, old or new.
     """
     if not rows:
@@ -259,6 +259,8 @@ def journey_deliveries_write(
         "planned": DeliveryStatus.PLANNED,
         "suppressed": DeliveryStatus.SUPPRESSED,
         "provider": "sandbox" if sandbox else "",
+        # A test run's messages are not the journey's results.
+        "counted": not sandbox,
     }
     sql = f"""
     WITH {ZONES_SQL}, {RECENT_SQL},
@@ -304,7 +306,7 @@ def journey_deliveries_write(
     ),
     {bump_ctes("""SELECT 0::bigint AS campaign_id, %(journey_id)s::bigint AS journey_id, channel, 0::bigint AS variant_id,
         CASE WHEN status = %(suppressed)s THEN status || '.' || reason ELSE %(planned)s END AS metric,
-        %(now)s::timestamptz AS at, count(*) AS n FROM ins GROUP BY 3, 5""")}
+        %(now)s::timestamptz AS at, count(*) AS n FROM ins WHERE %(counted)s GROUP BY 3, 5""")}
     SELECT idempotency_key, id, channel, status FROM ins
     UNION ALL
     SELECT d.idempotency_key, d.id, d.channel, d.status FROM campaigns_delivery d
@@ -313,7 +315,6 @@ def journey_deliveries_write(
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         result = {key: (delivery_id, channel, status) for key, delivery_id, channel, status in cursor.fetchall()}
-    written = sum(1 for _, _, status in result.values())
-    if written:
-        publish_after_commit([(0, journey_id, written)])
+    if result and not sandbox:
+        publish_after_commit([(0, journey_id, len(result))])
     return result

@@ -335,8 +335,11 @@ def test_test_mode_runs_one_customer_through_the_draft_with_short_waits(topics, 
     assert run.status == "completed"
     delivery = Delivery.objects.get(customer=customer)
     assert delivery.provider == "sandbox"
-    # Nothing counted on the live map, nothing on the customer's timeline.
+    # Nothing counted on the live map or in the journey's message figures, nothing on the timeline.
     assert not NodeCounter.objects.filter(journey_id=journey.pk).exists()
+    from campaigns.models import Counter
+
+    assert not Counter.objects.filter(journey_id=journey.pk).exists()
     assert not Event.objects.filter(customer=customer, name__startswith="journey.").exists()
 
 
