@@ -315,7 +315,7 @@ class JourneyCanvasImpl extends Emitter {
       shape: "journey-node",
       x: Number.isFinite(node.x) ? node.x : 0,
       y: Number.isFinite(node.y) ? node.y : 0,
-      width: this.widthFor(outs.length),
+      width: this.widthFor(ports || []),
       height: NODE_HEIGHT,
       data: { type, label: node.label || "", config: clone(node.config || {}) },
       attrs: {
@@ -328,8 +328,12 @@ class JourneyCanvasImpl extends Emitter {
     };
   }
 
-  widthFor(outCount) {
-    return Math.max(NODE_WIDTH, outCount * PORT_SPACING);
+  // Ports share the bottom edge evenly: each needs room for its name (about 6.5 px a
+  // character at 10.5 px), so long action keys widen the node instead of overlapping.
+  widthFor(portNames) {
+    const longest = portNames.reduce((most, name) => Math.max(most, String(name).length), 0);
+    const slot = Math.max(PORT_SPACING, Math.ceil(longest * 6.5) + 16);
+    return Math.max(NODE_WIDTH, portNames.length * slot);
   }
 
   load(data, ports) {
@@ -635,7 +639,7 @@ class JourneyCanvasImpl extends Emitter {
           ports.map((port) => ({ id: OUT + port, group: "out", attrs: { text: { text: port } } })),
         );
         node.prop(["ports", "items"], items, { rewrite: true });
-        node.resize(this.widthFor(ports.length), NODE_HEIGHT);
+        node.resize(this.widthFor(ports), NODE_HEIGHT);
       }
     }
     graph.stopBatch("update");
