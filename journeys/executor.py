@@ -35,6 +35,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from campaigns.policy import ZONES_SQL, local_zone_sql
 from customers import timeline
 
 from . import graph as graphs
@@ -314,7 +315,7 @@ def _shortened(batch: Batch, row: Row, seconds: float) -> timedelta:
 def _zone_due_sql(kind: str) -> str:
     """SQL giving each enrollment's next moment (``due``) for a time-of-day or date-attribute
     wait, in the customer's timezone (the default zone when theirs is unknown)."""
-    zone = "coalesce((SELECT z.name FROM campaigns_timezone z WHERE z.name = c.timezone), %(default_tz)s)"
+    zone = local_zone_sql()
     if kind == "time_of_day":
         due = f"""(SELECT min((d::date + %(at)s::time) AT TIME ZONE {zone})
                    FROM generate_series((%(now)s::timestamptz AT TIME ZONE {zone})::date,
@@ -326,7 +327,8 @@ def _zone_due_sql(kind: str) -> str:
         value = "c.attributes ->> %(attr)s"
         due = f"""CASE WHEN {value} ~ '^\\d{{4}}-\\d{{2}}-\\d{{2}}'
                   THEN ((left({value}, 10)::date + %(offset)s::int + %(at)s::time) AT TIME ZONE {zone}) END"""
-    return f"""SELECT e.id, {due} AS due FROM journeys_enrollment e JOIN customers_customer c ON c.id = e.customer_id
+    return f"""WITH {ZONES_SQL}
+               SELECT e.id, {due} AS due FROM journeys_enrollment e JOIN customers_customer c ON c.id = e.customer_id
                WHERE e.id = ANY(%(ids)s)"""
 
 
@@ -669,7 +671,7 @@ def advance(ids: Iterable[int], *, now: datetime | None = None) -> int:
         groups: dict[tuple[int, int, str], list[Row]] = defaultdict(list)
         for pk, journey_id, version_id, customer_id, node, seq, context, test in _locked(pending):
             groups[(journey_id, version_id, node)].append(Row(pk, customer_id, seq, loads(context), test))
-        moves: list[dict] = []
+        departures: list[tuple[int, int, int, str, str]] = []
         for (journey_id, version_id, node_id), rows in groups.items():
             graph = version_graph(version_id)
             node = graphs.nodes_by_id(graph).get(node_id)
@@ -680,17 +682,8 @@ def advance(ids: Iterable[int], *, now: datetime | None = None) -> int:
             batch = Batch(journey_id=journey_id, version_id=version_id, node=node, rows=rows, now=now, graph=graph)
             by_port = HANDLERS[node["type"]](batch)
             seqs = {r.enrollment_id: r.seq for r in rows}
-            lost: list[int] = []
-            for port, moved in by_port.items():
-                target = graphs.next_node(graph, node_id, port)
-                if target is None:
-                    lost += moved
-                    continue
-                moves += [{"id": pk, "seq": seqs[pk], "node": node_id, "label": graphs.node_label(node),
-                           "port": port, "target": target} for pk in moved]
-            if lost:
-                _end(lost, status=EnrollmentStatus.COMPLETED, reason="no next step", now=now)
-        pending = _move(moves, now=now)
+            departures += [(pk, seqs[pk], version_id, node_id, port) for port, moved in by_port.items() for pk in moved]
+        pending = _leave(departures, now=now)
         steps += len(pending)
     if pending:
         logger.error("journey enrollments %s stopped after %d steps without a wait", pending[:10], MAX_HOPS)
@@ -721,7 +714,8 @@ def resume_many(items: list[Resume], *, now: datetime | None = None) -> int:
                        FROM jsonb_to_recordset(%(patches)s::jsonb) AS r(id bigint, context jsonb) WHERE e.id = r.id""",
                     {"patches": _rows_json(patches)},
                 )
-        moved = _resume_moves(fresh, current, now=now)
+        moved = _leave([(item.enrollment_id, item.seq, current[item.enrollment_id][2], item.node, item.port)
+                        for item in fresh], now=now)
         advance(moved, now=now)
     return len(moved)
 
@@ -736,18 +730,19 @@ def _clear_waits(ids: list[int]) -> None:
         )
 
 
-def _resume_moves(items: list[Resume], current: dict[int, tuple], *, now: datetime) -> list[int]:
+def _leave(departures: list[tuple[int, int, int, str, str]], *, now: datetime) -> list[int]:
+    """Move enrollments out of a node by a port: [(enrollment id, seq, version id, node,
+    port)]. A port leading nowhere ends the run. Returns the ids that moved."""
     moves, lost = [], []
-    for item in items:
-        version_id = current[item.enrollment_id][2]
+    for enrollment_id, seq, version_id, node_id, port in departures:
         graph = version_graph(version_id)
-        node = graphs.nodes_by_id(graph).get(item.node, {"id": item.node})
-        target = graphs.next_node(graph, item.node, item.port)
+        target = graphs.next_node(graph, node_id, port)
         if target is None:
-            lost.append(item.enrollment_id)
+            lost.append(enrollment_id)
             continue
-        moves.append({"id": item.enrollment_id, "seq": item.seq, "node": item.node,
-                      "label": graphs.node_label(node), "port": item.port, "target": target})
+        node = graphs.nodes_by_id(graph).get(node_id, {"id": node_id})
+        moves.append({"id": enrollment_id, "seq": seq, "node": node_id, "label": graphs.node_label(node),
+                      "port": port, "target": target})
     if lost:
         _end(lost, status=EnrollmentStatus.COMPLETED, reason="no next step", now=now)
     return _move(moves, now=now)
@@ -790,19 +785,8 @@ def wake_due(*, now: datetime | None = None, limit: int | None = None) -> int:
             return 0
         # A task nobody resolved in time: the journey moves on by "timeout".
         tasks_expire([row[0] for row in claimed if row[3] == "timeout"], now)
-        moves, lost = [], []
-        for enrollment_id, node_id, seq, port, version_id, _ in claimed:
-            graph = version_graph(version_id)
-            target = graphs.next_node(graph, node_id, port)
-            node = graphs.nodes_by_id(graph).get(node_id, {"id": node_id})
-            if target is None:
-                lost.append(enrollment_id)
-                continue
-            moves.append({"id": enrollment_id, "seq": seq, "node": node_id, "label": graphs.node_label(node),
-                          "port": port, "target": target})
-        if lost:
-            _end(lost, status=EnrollmentStatus.COMPLETED, reason="no next step", now=now)
-        moved = _move(moves, now=now)
+        moved = _leave([(enrollment_id, seq, version_id, node_id, port)
+                        for enrollment_id, node_id, seq, port, version_id, _ in claimed], now=now)
         advance(moved, now=now)
     return len(moved)
 

@@ -11,6 +11,7 @@ from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from campaigns.policy import ZONES_SQL, local_zone_sql
 from core.audit import audit
 from core.errors import FieldError, InputError
 from customers.models import Customer
@@ -386,7 +387,8 @@ def _entrants(graph: dict, now: datetime) -> tuple[str, str, dict]:
                      AND e.properties -> 'segment_id' = to_jsonb(%(segment)s::int)""",
                 "customers who left the segment in the last 24 hours", {"segment": config["segment"], "since": since})
     if kind == "date":
-        return (f"""SELECT c.id AS customer_id, '' AS run_key, '{{}}'::jsonb AS context FROM customers_customer c
+        return (f"""WITH {ZONES_SQL}
+                    SELECT c.id AS customer_id, '' AS run_key, '{{}}'::jsonb AS context FROM customers_customer c
                     WHERE c.attributes ->> %(attr)s ~ '^\\d{{4}}-\\d{{2}}-\\d{{2}}'
                       AND {date_match_sql()}""",
                 f"customers whose {config['attr']} falls today", {**date_params(config), "now": now})
@@ -395,10 +397,10 @@ def _entrants(graph: dict, now: datetime) -> tuple[str, str, dict]:
 
 
 def date_match_sql() -> str:
-    """Customers whose date attribute, shifted by the offset, is today in their timezone."""
-    zone = "coalesce((SELECT z.name FROM campaigns_timezone z WHERE z.name = c.timezone), %(default_tz)s)"
+    """Customers whose date attribute, shifted by the offset, is today in their timezone
+    (``c`` is the customer; the statement's WITH names ``policy_zones``)."""
     return f"""(left(c.attributes ->> %(attr)s, 10)::date + %(offset)s::int)
-               = (%(now)s::timestamptz AT TIME ZONE {zone})::date"""
+               = (%(now)s::timestamptz AT TIME ZONE {local_zone_sql()})::date"""
 
 
 def date_params(config: dict) -> dict:

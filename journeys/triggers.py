@@ -8,6 +8,8 @@ from __future__ import annotations
 from django.db import connection, transaction
 from django.utils import timezone
 
+from campaigns.policy import ZONES_SQL, local_zone_sql
+
 from . import executor
 from . import graph as graphs
 from .models import Journey
@@ -22,13 +24,13 @@ def date_triggers_run(*, now=None) -> int:
         config = (graphs.trigger(journey.live_version.graph) or {}).get("config") or {}
         if config.get("kind") != "date":
             continue
-        zone = "coalesce((SELECT z.name FROM campaigns_timezone z WHERE z.name = c.timezone), %(default_tz)s)"
         with connection.cursor() as cursor:
             cursor.execute(
                 f"""
+                WITH {ZONES_SQL}
                 SELECT c.id, left(c.attributes ->> %(attr)s, 10) FROM customers_customer c
                 WHERE c.attributes ->> %(attr)s ~ '^\\d{{4}}-\\d{{2}}-\\d{{2}}' AND {date_match_sql()}
-                  AND (%(now)s::timestamptz AT TIME ZONE {zone})::time >= %(at)s::time
+                  AND (%(now)s::timestamptz AT TIME ZONE {local_zone_sql()})::time >= %(at)s::time
                   AND NOT EXISTS (SELECT 1 FROM journeys_enrollment e WHERE e.journey_id = %(journey)s
                                   AND e.customer_id = c.id AND e.run_key = left(c.attributes ->> %(attr)s, 10))
                 """,
