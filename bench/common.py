@@ -129,8 +129,10 @@ def server_workers() -> int:
 
 
 @contextlib.contextmanager
-def run_server(database_url: str, *, workers: int | None = None, timeout: float = 60) -> Iterator[str]:
-    """Run ``uvicorn config.asgi:application`` on a free loopback port; yield its base URL.
+def run_server(database_url: str, *, workers: int | None = None, timeout: float = 60,
+               app: str = "config.asgi:application", env: dict | None = None) -> Iterator[str]:
+    """Run ``uvicorn <app>`` (Switchboard's ASGI application unless told otherwise) on a free
+    loopback port; yield its base URL. ``env`` adds to the processes' environment.
 
     With ``BENCH_PROFILE=path`` the server runs one worker under cProfile and writes its
     profile to ``path`` when stopped (read it with ``python -m pstats path``).
@@ -139,7 +141,7 @@ def run_server(database_url: str, *, workers: int | None = None, timeout: float 
     workers = 1 if profile else (workers or server_workers())
     port = free_port()
     command = [
-        "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+        "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
         "--no-access-log", "--log-level", "warning", "--lifespan", "off",
     ]
     if profile:
@@ -147,11 +149,12 @@ def run_server(database_url: str, *, workers: int | None = None, timeout: float 
     else:
         command = [PYTHON, *command, "--workers", str(workers)]
     # Its own session, so the workers it forks are stopped with it.
-    process = subprocess.Popen(command, cwd=ROOT, env=django_env(database_url), start_new_session=True)
+    process = subprocess.Popen(command, cwd=ROOT, env={**django_env(database_url), **(env or {})},
+                               start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(process, base, timeout)
-        log(f"server: uvicorn config.asgi:application, {workers} worker{'s' if workers > 1 else ''}, {base}")
+        log(f"server: uvicorn {app}, {workers} worker{'s' if workers > 1 else ''}, {base}")
         yield base
     finally:
         _stop(process)

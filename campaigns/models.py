@@ -312,6 +312,22 @@ class TrackingReceipt(models.Model):
     received_at = models.DateTimeField(default=timezone.now)
 
 
+class EngagementHit(models.Model):
+    """An open or a click the tracking endpoints accepted and answered, waiting to be applied.
+
+    Written only by ``campaigns.engagement``: web processes append hits in batches and answer
+    once the batch has committed; its drainer claims them (``FOR UPDATE SKIP LOCKED``) and
+    applies them through the transitions path in the transaction that deletes them, so a
+    process that dies between the two leaves its hits here for the next drain. No foreign
+    key: the hot path pays for no check, and a hit for a delivery since deleted is dropped.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    delivery_id = models.BigIntegerField()
+    kind = models.CharField(max_length=16, choices=[(s.value, s.label) for s in (DeliveryStatus.OPENED, DeliveryStatus.CLICKED)])
+    at = models.DateTimeField(db_default=Now())
+
+
 class SandboxMessage(models.Model):
     """What the sandbox provider would have sent: viewable in the UI, and the record that
     lets a crashed send be settled without sending twice."""

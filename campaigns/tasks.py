@@ -10,8 +10,13 @@ def dispatch() -> dict:
 
 
 def tick() -> dict:
-    """Every minute: start scheduled campaigns, finish done ones, release due winners, then send."""
+    """Every minute: apply opens and clicks no web process applied, start scheduled campaigns,
+    finish done ones, release due winners, then send."""
+    from .engagement import engagement_drain_all
+
+    applied = engagement_drain_all(budget_seconds=10)
     result = campaigns_tick()
+    result["engagement_applied"] = applied
     result["dispatch"] = dispatcher.dispatch(budget_seconds=40)
     return result
 

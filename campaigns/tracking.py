@@ -68,7 +68,7 @@ def _unsigned(token: str, salt: str) -> str | None:
 BIGINT_MAX = 2**63 - 1
 
 
-def _ids(value: str | None, count: int) -> tuple[int, ...] | None:
+def token_ids(value: str | None, count: int) -> tuple[int, ...] | None:
     """``count`` database ids joined by dots, or None."""
     if value is None:
         return None
@@ -119,7 +119,7 @@ def _engagement_record(delivery_id: int, kind: str, *, url: str = "") -> None:
 @require_http_methods(["GET", "HEAD"])
 def open_pixel(request, token: str):
     """A 1×1 transparent GIF, always; a valid token also records the open."""
-    ids = _ids(_unsigned(token, links.OPEN_SALT), 1)
+    ids = token_ids(_unsigned(token, links.OPEN_SALT), 1)
     # HEAD is a proxy or a scanner checking the image, not someone reading the message.
     if ids is not None and request.method == "GET":
         try:
@@ -136,7 +136,7 @@ def open_pixel(request, token: str):
 @require_http_methods(["GET", "HEAD"])
 def click(request, token: str):
     """Record the click and redirect to the link stored for it; the request never names the URL."""
-    ids = _ids(_unsigned(token, links.CLICK_SALT), 2)
+    ids = token_ids(_unsigned(token, links.CLICK_SALT), 2)
     if ids is None:
         return _invalid(request)
     delivery_id, link_id = ids
@@ -185,7 +185,7 @@ def unsubscribe(request, token: str):
     The POST unsubscribes the customer from the delivery's topic on the delivery's channel,
     marks the delivery unsubscribed, and is harmless to repeat.
     """
-    ids = _ids(_unsigned(token, links.UNSUBSCRIBE_SALT), 1)
+    ids = token_ids(_unsigned(token, links.UNSUBSCRIBE_SALT), 1)
     delivery = (
         Delivery.objects.select_related("customer", "topic").filter(pk=ids[0]).first() if ids is not None else None
     )
@@ -296,7 +296,7 @@ def _preference_changes(post, *, rows: list, current: dict) -> list[dict]:
 def preferences(request, token: str):
     """The customer's topic × channel matrix; saving changes only the cells that differ."""
     try:
-        ids = _ids(links.preferences_unsign(token), 1)
+        ids = token_ids(links.preferences_unsign(token), 1)
     except signing.SignatureExpired:
         return _link_request_page(request, PreferencesLinkForm(), state="expired", status=410)
     except signing.BadSignature:

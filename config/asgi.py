@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP through Django, websockets through Channels.
+"""ASGI entry point: HTTP through Django (tracking links through a lean route in front of it),
+websockets through Channels.
 
 Run with ``uvicorn config.asgi:application``.
 """
@@ -21,6 +22,7 @@ from channels.security.websocket import WebsocketDenier  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.http.request import is_same_domain, split_domain_port, validate_host  # noqa: E402
 
+from campaigns.tracking_route import TrackingRoute  # noqa: E402
 from config.routing import websocket_urlpatterns  # noqa: E402
 
 
@@ -71,7 +73,8 @@ class SiteOriginValidator:
 
 application = ProtocolTypeRouter(
     {
-        "http": django_application,
+        # The open pixel and click redirect skip Django's request cycle (see campaigns.tracking_route).
+        "http": TrackingRoute(django_application),
         "websocket": SiteOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -256,6 +256,17 @@ else:
 DASHBOARD_PUBLISH_INTERVAL = float(os.environ.get("DASHBOARD_PUBLISH_INTERVAL", "0.05"))
 DASHBOARD_PUSH_INTERVAL = float(os.environ.get("DASHBOARD_PUSH_INTERVAL", "0.2"))
 
+# Opens and clicks: the tracking route queues them (campaigns.engagement) and a thread in each
+# web process applies the queue at most every TRACKING_DRAIN_INTERVAL seconds, and looks for
+# hits left by a stopped process every TRACKING_DRAIN_POLL seconds. With TRACKING_DRAIN_IN_WEB
+# off, only the workers' minute tick applies them.
+TRACKING_DRAIN_IN_WEB = env_bool("TRACKING_DRAIN_IN_WEB", True)
+TRACKING_DRAIN_INTERVAL = float(os.environ.get("TRACKING_DRAIN_INTERVAL", "0.05"))
+TRACKING_DRAIN_POLL = float(os.environ.get("TRACKING_DRAIN_POLL", "5"))
+# Per web process: hits already queued (repeats are not queued again) and click destinations.
+TRACKING_SEEN_CACHE = 200_000
+TRACKING_LINK_CACHE = 10_000
+
 # --- Auth ---------------------------------------------------------------------------------
 
 AUTH_PASSWORD_VALIDATORS = [

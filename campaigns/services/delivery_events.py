@@ -63,14 +63,8 @@ def delivery_events_apply(*, events: list[DeliveryEvent]) -> int:
     now = timezone.now()
     with transaction.atomic():
         with connection.cursor() as cursor:
+            _incoming_reset(cursor)
             # Dedupe on provider event ids; then resolve each event to one delivery.
-            cursor.execute(
-                """
-                CREATE TEMP TABLE IF NOT EXISTS delivery_incoming
-                    (delivery_id bigint, kind text, at timestamptz, reason text)
-                """
-            )
-            cursor.execute("TRUNCATE delivery_incoming")
             cursor.execute(
                 """
                 WITH r AS (
@@ -92,12 +86,7 @@ def delivery_events_apply(*, events: list[DeliveryEvent]) -> int:
                 """,
                 [json.dumps(rows)],
             )
-        # Engagement: first time only, implied steps included (a click implies an open, both a delivery).
-        changed = deliveries_transition(
-            forward=True, now=now, params={"milestones": list(MILESTONES)},
-            source="SELECT delivery_id AS id, kind AS status, at FROM delivery_incoming "
-                   "WHERE kind = ANY(%(milestones)s)",
-        ).events
+        changed = _milestones_apply(now)
         # Negative outcomes end the delivery's story: the gravest one reported wins.
         changed += deliveries_transition(
             only_from=ENDS, now=now, at="src.at", reason="src.reason",
@@ -110,6 +99,45 @@ def delivery_events_apply(*, events: list[DeliveryEvent]) -> int:
         ).events
         _address_feedback()
     return changed
+
+
+def _incoming_reset(cursor) -> None:
+    """The transaction's scratch table of events, one row per (delivery, kind), emptied."""
+    cursor.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS delivery_incoming (delivery_id bigint, kind text, at timestamptz, reason text)"
+    )
+    cursor.execute("TRUNCATE delivery_incoming")
+
+
+def _milestones_apply(now: datetime) -> int:
+    """Engagement in ``delivery_incoming``: first time only, implied steps included (a click
+    implies an open, both a delivery)."""
+    return deliveries_transition(
+        forward=True, now=now, params={"milestones": list(MILESTONES)},
+        source="SELECT delivery_id AS id, kind AS status, at FROM delivery_incoming WHERE kind = ANY(%(milestones)s)",
+    ).events
+
+
+def engagement_apply_claimed(*, claim: str, params: dict) -> tuple[int, int]:
+    """Apply the opens and clicks that ``claim`` takes: a data-modifying statement returning
+    ``(delivery_id, kind, at)`` rows, such as a DELETE from a queue. Returns (rows claimed,
+    metrics changed). Call inside a transaction: the claim and its effects commit together.
+    """
+    with connection.cursor() as cursor:
+        _incoming_reset(cursor)
+        cursor.execute(
+            f"""
+            WITH claimed AS ({claim}),
+            grouped AS (
+                INSERT INTO delivery_incoming
+                SELECT delivery_id, kind, min(at), '' FROM claimed GROUP BY 1, 2
+            )
+            SELECT count(*) FROM claimed
+            """,
+            params,
+        )
+        claimed = cursor.fetchone()[0]
+    return claimed, (_milestones_apply(timezone.now()) if claimed else 0)
 
 
 def engagement_record(*, delivery_id: int, kind: str, at: datetime | None = None) -> int:

@@ -1,0 +1,258 @@
+"""The engagement queue: opens and clicks answered at once, applied moments later in batches.
+
+A campaign to a million people brings thousands of opens a second. The tracking route
+(``campaigns.tracking_route``) does not apply them one by one: it hands each hit to this
+process's :class:`Recorder`, which writes whatever hits arrived meanwhile in one statement
+and lets their requests answer once that statement has committed, so a hit that was
+answered is never lost. The :class:`Drainer` then applies them through the transitions path
+(first time only, one counter bump per batch, timeline events and the event stream's signal
+once per batch) in the same transaction that deletes them from the queue: a process that
+dies in between leaves them queued, and the next drain, in any process, applies them.
+
+This module is the only writer of ``campaigns_engagementhit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+
+from django.conf import settings
+from django.db import OperationalError, close_old_connections, connection, transaction
+
+from .models import DeliveryStatus
+from .services.delivery_events import engagement_apply_claimed
+
+logger = logging.getLogger(__name__)
+
+KINDS = frozenset({DeliveryStatus.OPENED.value, DeliveryStatus.CLICKED.value})
+# Hits one recorder statement writes at most; one drain applies at most DRAIN_BATCH.
+WRITE_BATCH = 5000
+DRAIN_BATCH = 5000
+# A burst, for the drainer: this process accepting more hits a second than this, with a backlog.
+BUSY_HITS_PER_SECOND = 1000
+BURST_SHARE = 0.1
+
+INSERT = (
+    "INSERT INTO campaigns_engagementhit (delivery_id, kind) "
+    "SELECT * FROM unnest(%s::bigint[], %s::text[])"
+)
+CLAIM = """
+    DELETE FROM campaigns_engagementhit
+    WHERE id IN (SELECT id FROM campaigns_engagementhit ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+    RETURNING delivery_id, kind, at
+"""
+
+
+# --- Applying: the drain ------------------------------------------------------------------------
+
+
+def engagement_drain(*, limit: int = DRAIN_BATCH) -> int:
+    """Apply up to ``limit`` queued hits, oldest first, in one transaction; returns how many.
+
+    Safe to run in several processes at once: each claims rows the others have not locked.
+    A repeat of an open already counted (or queued twice) changes nothing.
+    """
+    with transaction.atomic():
+        claimed, _ = engagement_apply_claimed(claim=CLAIM, params={"limit": limit})
+    return claimed
+
+
+def engagement_drain_all(*, budget_seconds: float = 30.0) -> int:
+    """Drain until the queue is empty or the budget is spent; returns how many hits were applied."""
+    deadline = time.monotonic() + budget_seconds
+    total = 0
+    while time.monotonic() < deadline:
+        applied = engagement_drain()
+        total += applied
+        if applied < DRAIN_BATCH:
+            break
+    return total
+
+
+class Drainer:
+    """A background thread in each web process that applies queued hits soon after they commit.
+
+    Woken by the recorder after each write, it drains at most once per
+    ``TRACKING_DRAIN_INTERVAL`` seconds so that hits arriving together are applied (and
+    announced to the dashboards) together; it also looks for leftovers every
+    ``TRACKING_DRAIN_POLL`` seconds, such as hits a killed process had answered.
+
+    Applying costs several times what accepting does. During a burst, while this process
+    accepts more than ``BUSY_HITS_PER_SECOND``, the drainer rests after each drain so that it
+    takes about ``BURST_SHARE`` of the time, in larger (cheaper) batches: readers are answered
+    first and the backlog is applied as the burst eases, at full speed once it is over.
+    """
+
+    def __init__(self) -> None:
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    def wake(self) -> None:
+        if not settings.TRACKING_DRAIN_IN_WEB:
+            return
+        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+            with self._lock:
+                if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                    self._pid = os.getpid()
+                    self._thread = threading.Thread(target=self._run, name="engagement-drainer", daemon=True)
+                    self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        rest_until = 0.0
+        while True:
+            self._wake.wait(settings.TRACKING_DRAIN_POLL)
+            self._wake.clear()
+            pause = rest_until - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            try:
+                close_old_connections()
+                while True:
+                    started = time.monotonic()
+                    applied = engagement_drain()
+                    took = time.monotonic() - started
+                    if recorder.hits_per_second() > BUSY_HITS_PER_SECOND:
+                        rest_until = time.monotonic() + took * (1 / BURST_SHARE - 1)
+                        self._wake.set()  # more is queued or coming: come back after the rest
+                        break
+                    if applied < DRAIN_BATCH:
+                        rest_until = started + settings.TRACKING_DRAIN_INTERVAL
+                        break
+            except OperationalError:
+                # The database went away or restarted: the hits stay queued; try again later.
+                logger.warning("could not apply queued opens and clicks; retrying", exc_info=True)
+                connection.close()
+                time.sleep(1)
+            except Exception:
+                logger.exception("could not apply queued opens and clicks")
+                connection.close()
+                time.sleep(1)
+
+
+drainer = Drainer()
+
+
+# --- Accepting: the recorder ---------------------------------------------------------------------
+
+
+class Recorder:
+    """Writes hits to the queue in batches on this process's event loop.
+
+    ``record`` returns once the hit's batch has committed (True), or False when the
+    database could not take it; the caller answers the request either way. While one batch
+    is being written, the hits that arrive wait for the next: the busier the endpoint, the
+    larger the batches, with no fixed delay added when it is quiet.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[int, str, asyncio.Future]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer: asyncio.Task | None = None
+        self._connection = None
+        # Hits already committed here: a mail client loading the pixel again is not queued again.
+        self._seen: OrderedDict[tuple[int, str], None] = OrderedDict()
+        # Hits written in the current and the previous second, for hits_per_second.
+        self._second, self._this_second, self._last_second = 0, 0, 0
+
+    def hits_per_second(self) -> int:
+        """Hits this process wrote in the last whole second (read from the drainer's thread)."""
+        second = int(time.monotonic())
+        if second == self._second:
+            return self._last_second
+        return self._this_second if second == self._second + 1 else 0
+
+    def _count(self, hits: int) -> None:
+        second = int(time.monotonic())
+        if second != self._second:
+            self._last_second = self._this_second if second == self._second + 1 else 0
+            self._second, self._this_second = second, 0
+        self._this_second += hits
+
+    def already_recorded(self, delivery_id: int, kind: str) -> bool:
+        return (delivery_id, kind) in self._seen
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # A new event loop (a forked worker, a test's loop): nothing of the old one is usable.
+            self._loop, self._writer, self._connection, self._pending = loop, None, None, []
+            self._connecting = asyncio.Lock()
+        return loop
+
+    async def record(self, delivery_id: int, kind: str) -> bool:
+        loop = self._bind()
+        future = loop.create_future()
+        self._pending.append((delivery_id, kind, future))
+        if self._writer is None:
+            self._writer = loop.create_task(self._write_all())
+        return await future
+
+    async def _write_all(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:WRITE_BATCH], self._pending[WRITE_BATCH:]
+                ok = await self._write(batch)
+                for delivery_id, kind, future in batch:
+                    if ok:
+                        self._remember(delivery_id, kind)
+                    if not future.done():
+                        future.set_result(ok)
+                if ok:
+                    self._count(len(batch))
+                    drainer.wake()
+        finally:
+            self._writer = None
+
+    async def _write(self, batch) -> bool:
+        try:
+            conn = await self._connect()
+            await conn.execute(INSERT, [[row[0] for row in batch], [row[1] for row in batch]], prepare=True)
+            return True
+        except Exception:
+            logger.exception("could not queue %s opens and clicks", len(batch))
+            conn, self._connection = self._connection, None
+            if conn is not None:
+                try:
+                    await conn.close()
+                except Exception:
+                    pass
+            return False
+
+    async def link_url(self, link_id: int) -> str | None:
+        """Where a tracked link leads, or None when there is no such link or no database."""
+        try:
+            conn = await self._connect()
+            cursor = await conn.execute("SELECT url FROM campaigns_link WHERE id = %s", [link_id], prepare=True)
+            row = await cursor.fetchone()
+        except Exception:
+            logger.exception("could not look up link %s", link_id)
+            return None
+        return row[0] if row else None
+
+    async def _connect(self):
+        self._bind()
+        async with self._connecting:
+            if self._connection is None or self._connection.closed:
+                import psycopg
+                from django.db import connections
+
+                params = connections["default"].get_connection_params()
+                params.pop("cursor_factory", None)
+                self._connection = await psycopg.AsyncConnection.connect(**params, autocommit=True)
+            return self._connection
+
+    def _remember(self, delivery_id: int, kind: str) -> None:
+        self._seen[(delivery_id, kind)] = None
+        if len(self._seen) > settings.TRACKING_SEEN_CACHE:
+            self._seen.popitem(last=False)
+
+
+recorder = Recorder()
