@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell for p in python3.13 python3.12 python3 $$(ls -d $$(pyenv root 2>/dev/null)/versions/3.1[2-9]*/bin/python3 2>/dev/null); do \
 	if "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then command -v "$$p"; break; fi; done)
 
-.PHONY: install assets run test bench chromium clean
+.PHONY: install assets run test bench chromium wrk clean
 
 install: $(VENV)/.installed
 
@@ -79,7 +79,19 @@ chromium:
 test: install assets chromium
 	@DEBUG=$${DEBUG:-1} $(PY) -m config.localdb --throwaway -- $(PY) -m pytest $(PYTEST_ARGS)
 
-bench: install assets
+# The tracking benchmark drives the server with wrk, a compiled load generator, so the client
+# does not take the CPU being measured; install it from the OS packages when missing.
+wrk:
+	@if command -v wrk >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing wrk for the benchmarks (apt-get install wrk)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	else \
+		echo "The tracking benchmark needs wrk. Install it ('sudo apt-get install wrk' or 'brew install wrk')."; \
+		exit 1; \
+	fi
+
+bench: install assets wrk
 	@DEBUG=$${DEBUG:-1} $(PY) -m config.localdb --throwaway -- $(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
