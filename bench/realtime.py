@@ -20,10 +20,16 @@
 
 Target: p95 ≤ 300 ms over all (hit, client) pairs at 1,000 hits/s with 200 clients, every
 client ends on the final count, and no socket drops. The ratio printed is p95 / 300 ms
-(≤ 1 is good). Before the run the pixel endpoint is profiled (queries, time per request in
-process and over HTTP, PostgreSQL connections opened per request) and so is one dashboard
-render; during the run the CPU time of each party and PostgreSQL's lock waits are
-recorded, so a missed target says what ran out.
+(≤ 1 is good). Before the run the pixel endpoint is profiled (time per request over HTTP,
+PostgreSQL connections opened per request) and so is one dashboard render; during the run
+the CPU time of each party and PostgreSQL's lock waits are recorded, so a missed target says
+what ran out.
+
+The opens go through the tracking route, which queues them and answers; the web processes'
+drainers apply the queue. Beside the web server run ``--task-workers`` qcluster worker
+processes (2 by default) on the broker REDIS_URL selects: with ``--layers redis`` (the
+default) that is production's shape, Redis as channel layer and broker, two web processes
+and two worker processes. The counts are read once the queue has drained.
 
     python -m config.localdb --throwaway -- python bench/realtime.py            # or make bench
     ... bench/realtime.py --clients 20 --rate 100 --seconds 5 --customers 5000  # a quick look
@@ -37,10 +43,11 @@ import asyncio
 import bisect
 import collections
 import contextlib
-import json
 import multiprocessing
 import os
 import re
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -235,47 +242,23 @@ def pg_sessions(conninfo: str) -> int:
 
 
 def profile_pixel(conninfo: str, base: str, paths: list[str]) -> dict:
-    """Queries and time per open: in process (Django's test client) and sequentially over HTTP."""
-    from django.db import connection
-    from django.test import Client
-    from django.test.utils import CaptureQueriesContext
-
-    import warnings
-
-    # WhiteNoise's note that collectstatic has not run: no static files are served here.
-    warnings.filterwarnings("ignore", message="No directory at")
-    half = len(paths) // 2
-    client = Client()
-    client.get(paths[0])
-    with CaptureQueriesContext(connection) as captured:
-        client.get(paths[1])
-    statements = [" ".join(q["sql"].split())[:90] for q in captured.captured_queries]
-    started = time.perf_counter()
-    for path in paths[2:half]:
-        assert client.get(path).status_code == 200
-    in_process_ms = (time.perf_counter() - started) * 1000 / (half - 2)
-
+    """Time per open, one at a time over HTTP, and PostgreSQL connections opened per request."""
     before = pg_sessions(conninfo)
     latencies = []
     with httpx.Client(base_url=base) as http:
-        for path in paths[half:]:
+        for path in paths:
             sent = time.perf_counter()
             assert http.get(path).status_code == 200
             latencies.append((time.perf_counter() - sent) * 1000)
-    connections = (pg_sessions(conninfo) - before) / len(paths[half:])
+    connections = (pg_sessions(conninfo) - before) / len(paths)
     profile = {
-        "queries_per_open": len(statements),
-        "in_process_ms_per_open": round(in_process_ms, 2),
         "http_sequential_p50_ms": round(common.percentile(latencies, 0.5), 2),
         "http_sequential_p95_ms": round(common.percentile(latencies, 0.95), 2),
         "pg_connections_per_open": round(connections, 2),
     }
-    common.log(f"pixel endpoint: {len(statements)} queries per first open; {in_process_ms:.2f} ms per open in process; "
-               f"over HTTP one at a time p50 {profile['http_sequential_p50_ms']} ms, "
-               f"p95 {profile['http_sequential_p95_ms']} ms; "
-               f"{connections:.2f} PostgreSQL connections opened per request")
-    for statement in statements:
-        common.log(f"    {statement}")
+    common.log(f"pixel endpoint, one first open at a time over HTTP: p50 {profile['http_sequential_p50_ms']} ms, "
+               f"p95 {profile['http_sequential_p95_ms']} ms; {connections:.2f} PostgreSQL connections opened per "
+               "request (bench/tracking.py measures its throughput)")
     return profile
 
 
@@ -484,10 +467,12 @@ class CpuMeter:
             self.postmaster = psutil.Process(backend).parent()
         me = psutil.Process()
         servers = [p for p in me.children() if "uvicorn" in " ".join(p.cmdline())]
+        workers = [p for p in me.children() if "qcluster" in " ".join(p.cmdline())]
         redis = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "redis-server"]
         self.parties = {
             # uvicorn's supervisor and its workers (spawned, so their command lines do not say uvicorn).
             "server": lambda: servers + [c for s in servers for c in s.children(recursive=True)],
+            "task workers": lambda: workers + [c for w in workers for c in w.children(recursive=True)],
             "postgres": lambda: [self.postmaster] + self.postmaster.children(),
             "redis": lambda: redis,
             "hits (aiohttp)": lambda: [me],
@@ -593,6 +578,45 @@ def latencies_of(result: dict, completions: list[float], base: int, hits: int) -
     return pairs, slowest, unseen
 
 
+@contextlib.contextmanager
+def task_workers(conninfo: str, count: int, log_name: str):
+    """``manage.py qcluster`` with ``count`` worker processes (the broker follows REDIS_URL)."""
+    if count <= 0:
+        yield None
+        return
+    path = Path(tempfile.gettempdir()) / f"switchboard-realtime-{log_name}-qcluster.log"
+    env = {**common.django_env(conninfo), "Q_WORKERS": str(count)}
+    with open(path, "wb") as log:
+        process = subprocess.Popen([common.PYTHON, "manage.py", "qcluster"], cwd=common.ROOT, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    common.log(f"task workers: manage.py qcluster with {count} worker processes, broker "
+               f"{'Redis' if os.environ.get('REDIS_URL') else 'PostgreSQL (django-q2 ORM)'}")
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        errors = server_errors(path)
+        common.log(f"task workers log {path}: " + ("; ".join(f"{n} × {line}" for line, n in errors.most_common(6))
+                                                    if errors else "no errors"))
+
+
+def queue_drained(conninfo: str, timeout: float = 120) -> float:
+    """Wait until every answered open has been applied; seconds it took."""
+    started = time.monotonic()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        while conn.execute("SELECT count(*) FROM campaigns_engagementhit").fetchone()[0]:
+            if time.monotonic() - started > timeout:
+                raise SystemExit(f"answered opens were still queued after {timeout:.0f} s")
+            time.sleep(0.02)
+    return time.monotonic() - started
+
+
 def run_layer(layer: str, conninfo: str, campaign_id: int, paths: list[str], sessions: list[str], args) -> dict:
     if layer == "redis":
         os.environ["REDIS_URL"] = args.redis_url
@@ -601,7 +625,7 @@ def run_layer(layer: str, conninfo: str, campaign_id: int, paths: list[str], ses
     hits = int(args.rate * args.seconds)
     warm, measured = paths[:WARM_UP_HITS], paths[WARM_UP_HITS:WARM_UP_HITS + hits]
     common.log(f"\n--- channel layer: {layer} ({args.redis_url if layer == 'redis' else 'channels-postgres'}) ---")
-    with server(conninfo, args.workers, layer) as base:
+    with server(conninfo, args.workers, layer) as base, task_workers(conninfo, args.task_workers, layer):
         port = urlsplit(base).port
         clients = Clients(f"ws://127.0.0.1:{port}/ws/dashboards/campaigns/{campaign_id}/", base, sessions)
         try:
@@ -631,6 +655,7 @@ def run_layer(layer: str, conninfo: str, campaign_id: int, paths: list[str], ses
             fired = run_hits(base, measured, args.rate, args.connections)
             cpu, waits = meter.stop(), watch.stop()
             sessions_opened = pg_sessions(conninfo) - sessions_before
+            drained_s = queue_drained(conninfo)
             final = opened_count(campaign_id)
             opened_rows = opened_deliveries(conninfo, campaign_id)
             clients.pipe.send(("final", final, 20))
@@ -679,6 +704,8 @@ def run_layer(layer: str, conninfo: str, campaign_id: int, paths: list[str], ses
         "clients_on_final_count": result["caught_up"],
         "left_behind": left_behind,
         "pg_connections_per_hit": round(sessions_opened / max(1, len(completions)), 2),
+        "queue_drained_after_s": round(drained_s, 2),
+        "task_workers": args.task_workers,
         "cpu_cores": cpu,
         "machine_busy_before_cores": busy_before,
         "postgres_waits": waits,
@@ -726,6 +753,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32, help="keep-alive connections of the hit client")
     parser.add_argument("--layers", default="redis", help="comma-separated: redis, postgres")
     parser.add_argument("--redis-url", default=REDIS_URL, help="REDIS_URL for the server's channel layer")
+    parser.add_argument("--task-workers", type=int, default=2,
+                        help="qcluster worker processes beside the web server (0 for none)")
     args = parser.parse_args()
     layers = [layer.strip() for layer in args.layers.split(",") if layer.strip()]
     per_layer = WARM_UP_HITS + int(args.rate * args.seconds)
