@@ -1,6 +1,7 @@
 """django-q2 entry points: thin, take ids, safe to run twice (the outbox row is the unit of work)."""
 
 from . import dispatch as dispatcher
+from .engagement import engagement_drain_all
 from .services.delivery_events import conversions_attribute
 from .services.lifecycle import campaigns_tick
 
@@ -12,8 +13,6 @@ def dispatch() -> dict:
 def tick() -> dict:
     """Every minute: apply opens and clicks no web process applied, start scheduled campaigns,
     finish done ones, release due winners, then send."""
-    from .engagement import engagement_drain_all
-
     applied = engagement_drain_all(budget_seconds=10)
     result = campaigns_tick()
     result["engagement_applied"] = applied
