@@ -10,6 +10,12 @@ Preference-centre links show the customer's addresses, so they expire
 (``PREFERENCES_LINK_MAX_AGE``); an expired or broken one offers to email a fresh link.
 Unsubscribe links never expire: the mailbox's one-click button (RFC 8058) must keep
 working for as long as the message sits in someone's inbox.
+
+Under the ASGI server most pixel and click requests never reach these views: the tracking
+route (``campaigns.tracking_route``) answers them and queues the hits. These views answer
+what it hands on (a click token that does not verify, another method, an unknown host), and
+everything when the app is served without that route (the test client, WSGI), recording
+the hit directly through the same transitions path.
 """
 
 from __future__ import annotations
