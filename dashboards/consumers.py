@@ -35,6 +35,9 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             return
         self._last_push = 0.0
         self._flush: asyncio.Task | None = None
+        # One push at a time: each sends what changed since the one before.
+        self._pushing = asyncio.Lock()
+        self._shown: live.Update | None = None
         publisher.server_loop = asyncio.get_running_loop()
         # The dashboard's figures, and the session's end (signing out closes the socket).
         self._joined = [self.group, session_group(self.scope["session"].session_key)]
@@ -65,7 +68,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
 
     async def dashboard_changed(self, event):
         """Coalesce: at most one push per DASHBOARD_PUSH_INTERVAL; the last change is never dropped."""
-        self._changed_at = time.monotonic()
+        self._changed_at = max(self._changed_at, live.renders.heard(event.get("id")))
         if self._flush is not None:
             return
         wait = self._last_push + settings.DASHBOARD_PUSH_INTERVAL - time.monotonic()
@@ -86,29 +89,35 @@ class DashboardConsumer(AsyncWebsocketConsumer):
 
     async def push(self):
         self._last_push = time.monotonic()
-        # A render shared with other sockets is good enough only if it began after the last
-        # change this socket heard of; an older one would show the figures before that change.
-        update = await live.renders.get(self.group, self.build, since=self._changed_at)
-        if update is None:
-            await self.close(code=FORBIDDEN)
-            return
-        await self.send_update(update)
+        async with self._pushing:
+            # A render shared with other sockets is good enough only if it began after the last
+            # change this socket heard of; an older one would show the figures before that change.
+            update = await live.renders.get(self.group, self.build, since=self._changed_at)
+            if update is None:
+                await self.close(code=FORBIDDEN)
+                return
+            await self.send_update(update)
 
-    async def send_update(self, update) -> None:
-        """A dashboard's update: the out-of-band fragments, then the chart figures."""
-        html, charts = update
-        await self.send(text_data=html)
-        await self.send(text_data=charts)
+    async def send_update(self, update: live.Update) -> None:
+        """What changed since this socket's last push (everything on the first): the
+        out-of-band fragments, then the charts."""
+        for frame in update.frames(since=self._shown):
+            await self.send(text_data=frame)
+        self._shown = update
 
 
 class OverviewConsumer(DashboardConsumer):
     group = OVERVIEW
 
     def allowed(self, user) -> bool:
-        return can_view_customers(user) or can_use_marketing(user)
+        self.marketing = can_use_marketing(user)
+        return self.marketing or can_view_customers(user)
 
     def build(self):
         return live.overview_update()
+
+    async def send_update(self, update: dict[bool, live.Update]) -> None:
+        await super().send_update(update[self.marketing])
 
 
 class CampaignConsumer(DashboardConsumer):

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 
 from django.conf import settings
 from django.contrib.auth.signals import user_logged_out
@@ -101,7 +102,10 @@ class Publisher:
             last = time.monotonic()
             sent_at = time.time()
             for group in sorted(groups):
-                self._group_send(loop, group, {"type": "dashboard.changed", "at": sent_at})
+                # The id lets the sockets of a process that hear of it share one render
+                # (dashboards.live.SharedRenders.heard).
+                notice = {"type": "dashboard.changed", "at": sent_at, "id": uuid.uuid4().hex}
+                self._group_send(loop, group, notice)
 
     def _group_send(self, loop: asyncio.AbstractEventLoop, group: str, message: dict) -> None:
         from channels.layers import get_channel_layer

@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db.models import Sum
+from django.db.models import BigIntegerField, Func, Sum
 from django.utils import timezone
 
 from campaigns.models import Campaign, Counter, DeliveryStatus
@@ -147,6 +147,10 @@ class Overview:
     def events_last_hour(self) -> int:
         return sum(self.ingest_y)
 
+    @property
+    def today(self) -> Period:
+        return self.periods[0]
+
 
 def overview(*, now: datetime | None = None) -> Overview:
     """The home page's figures: a constant number of small queries."""
@@ -217,6 +221,13 @@ class CampaignDashboard:
         return min(100, int(100 * self.done / self.planned)) if self.planned else 0
 
 
+class EpochMinute(Func):
+    """A timestamp as whole minutes since the epoch."""
+
+    template = "(EXTRACT(EPOCH FROM %(expressions)s)::bigint / 60)"
+    output_field = BigIntegerField()
+
+
 def campaign_dashboard(campaign: Campaign, *, now: datetime | None = None) -> CampaignDashboard:
     """Funnels per channel and variant, suppressions, per-minute series and progress: three small queries."""
     from campaigns.models import SuppressionReason
@@ -241,15 +252,20 @@ def campaign_dashboard(campaign: Campaign, *, now: datetime | None = None) -> Ca
         start = campaign.launched_at.replace(second=0, microsecond=0)
     minutes = max(1, int((now - start).total_seconds() // 60) + 1)
     xs = [start + timedelta(minutes=i) for i in range(minutes)]
-    index = {x: i for i, x in enumerate(xs)}
+    first = int(start.timestamp()) // 60
     series = {ch: {m: [0] * minutes for m in SERIES + (SENT,)} for ch in campaign.channels}
-    for row in Counter.objects.filter(
-        grain=Counter.Grain.MINUTE, campaign_id=campaign.pk, journey_id=0, bucket__gte=start,
-        metric__in=SERIES + (SENT,),
-    ).values_list("bucket", "channel", "metric", "value"):
-        bucket, channel, metric, value = row
-        if channel in series and bucket in index:
-            series[channel][metric][index[bucket]] += value
+    # Summed over the shards in SQL, and minutes as numbers: this runs on every live push, and
+    # up to eight shards' rows of parsed timestamps cost more than everything else it does.
+    for minute, channel, metric, value in (
+        Counter.objects.filter(
+            grain=Counter.Grain.MINUTE, campaign_id=campaign.pk, journey_id=0, bucket__gte=start,
+            metric__in=SERIES + (SENT,),
+        )
+        .values_list(EpochMinute("bucket"), "channel", "metric")
+        .annotate(total=Sum("value"))
+    ):
+        if channel in series and 0 <= minute - first < minutes:
+            series[channel][metric][minute - first] += value
     # Sending rate over the last five minutes, for the finish estimate.
     recent = sum(sum(values[SENT][-5:]) for values in series.values())
     send_rate = recent / min(5, minutes)

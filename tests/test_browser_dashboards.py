@@ -6,6 +6,7 @@ connection drops and comes back.
 """
 
 import html
+import json
 import os
 import re
 import shutil
@@ -198,6 +199,9 @@ def test_the_campaign_dashboard_moves_as_opens_and_clicks_arrive(asgi_server, pa
     campaign, deliveries = sent
     base = asgi_server.base
     sign_in(page, base)
+    # What the dashboard's socket receives.
+    frames = []
+    page.on("websocket", lambda socket: socket.on("framereceived", lambda payload: frames.append(payload)))
     page.goto(f"{base}/dashboards/campaigns/{campaign.pk}/")
     status = page.locator("[data-live-status]")
     expect(status).to_have_attribute("data-state", "live")
@@ -236,17 +240,51 @@ def test_the_campaign_dashboard_moves_as_opens_and_clicks_arrive(asgi_server, pa
     )
     assert page.evaluate("window.__sameDocument") is True
     expect(status).to_have_attribute("data-state", "live")
+    # The first push was the whole dashboard; the later ones carried only what changed: the
+    # opens tile and the funnel, and the chart's values rather than its figure (which goes
+    # again only when its layout changes, such as the y range of small counts, or a new
+    # minute joins the chart).
+    html = [frame for frame in frames if not frame.startswith("{")]
+    charts = [json.loads(frame) for frame in frames if frame.startswith("{")]
+    assert 'id="campaign-stat-status"' in html[0] and 'id="campaign-side"' in html[0]
+    assert len(html) > 1
+    assert all('id="campaign-stat-status"' not in h and 'id="campaign-side"' not in h for h in html[1:])
+    assert all(re.search(r'data-stat="opened">[\d,]+ · [\d,]+<', h) for h in html)
+    figure = charts[0]["charts"]["series-chart"]
+    assert len(charts) > 1
+    for update in charts[1:]:
+        if "charts" in update:
+            drawn, figure = figure, update["charts"]["series-chart"]
+            assert figure["layout"] != drawn["layout"] or len(figure["data"][0]["x"]) > len(drawn["data"][0]["x"])
+        else:
+            assert update["points"]["series-chart"]
     shoot(page, shots / "campaign-dashboard.png", SCREENSHOTS / "campaign-dashboard.png")
+
+    # Bob clicks: the clicks line climbs to the opens' peak, so the chart keeps its layout
+    # and the page redraws it from the changed values alone.
+    seen = len(frames)
+    _, bob_click = tracked_urls(deliveries["bob"])
+    assert httpx.get(f"{base}{bob_click}", timeout=WAIT_SECONDS).status_code == 302
+    expect(opened).to_have_text("2 · 2")
+    expect(funnel.locator("td").nth(4)).to_have_text("2 66.7%")
+    page.wait_for_function("() => document.getElementById('series-chart').data"
+                           ".filter(t => t.name.startsWith('Clicks')).some(t => t.y.includes(2))")
+    assert chart_sum(page, "Opens") == 2 and chart_sum(page, "Clicks") == 2
+    later = [json.loads(frame) for frame in frames[seen:] if frame.startswith("{")]
+    assert later and all("points" in update or "charts" in update for update in later)
+    if not any(len(update["charts"]["series-chart"]["data"][0]["x"]) > len(figure["data"][0]["x"])
+               for update in later if "charts" in update):  # unless a new minute began meanwhile
+        assert all(list(update) == ["points"] for update in later)
 
     # The overview shows today's sends, and moves too.
     page.goto(f"{base}/")
     expect(status).to_have_attribute("data-state", "live")
     expect(page.locator('[data-stat="sent-today"]')).to_have_text("3")
     today = page.locator('[data-stat="opened-today"]')
-    expect(today).to_have_text("2 · 1")
+    expect(today).to_have_text("2 · 2")
     _, fay_click = tracked_urls(deliveries["fay"])
     assert httpx.get(f"{base}{fay_click}", timeout=WAIT_SECONDS).status_code == 302
-    expect(today).to_have_text("3 · 2")  # a click implies the open
+    expect(today).to_have_text("3 · 3")  # a click implies the open
     expect(page.locator("#overview-channels")).to_contain_text("Email")
     shoot(page, shots / "overview.png", SCREENSHOTS / "overview.png")
 
@@ -291,6 +329,10 @@ def test_the_dashboard_says_when_it_loses_the_server_and_catches_up_when_it_is_b
     phase[0] = "after"
     # …and the push on reconnecting catches the page up, without a reload.
     expect(watcher.locator('[data-stat="opened"]')).to_have_text("1 · 1")
+    watcher.wait_for_function(
+        """() => document.getElementById('series-chart').data.filter(t => t.name.startsWith('Clicks'))
+            .reduce((s, t) => s + t.y.reduce((a, b) => a + b, 0), 0) === 1"""
+    )
     expect(status).to_have_text("Live")
     assert watcher.evaluate("window.__sameDocument") is True
     context.close()

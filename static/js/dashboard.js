@@ -1,6 +1,8 @@
 // Live dashboards: htmx's websocket extension swaps the out-of-band fragments by id; this
-// script applies chart updates (JSON frames) with Plotly.react on the existing chart
-// elements, and tells the user when the connection drops and comes back.
+// script applies chart updates (JSON frames) on the existing chart elements, and tells the
+// user when the connection drops and comes back. A JSON frame carries whole figures
+// ({"charts": {id: figure}}, drawn with Plotly.react) and/or the values that changed since
+// the figure the socket sent before ({"points": {id: [[trace, index, y], ...]}}).
 (function () {
   "use strict";
 
@@ -25,11 +27,31 @@
     });
   }
 
+  function applyPoints(points) {
+    if (!window.Plotly) return;
+    Object.keys(points).forEach(function (id) {
+      var element = document.getElementById(id);
+      if (!element || !element.data) return;
+      var changed = {};
+      points[id].forEach(function (point) {
+        var trace = point[0];
+        // A new array, so that Plotly sees the trace changed.
+        if (!changed[trace]) changed[trace] = Array.prototype.slice.call(element.data[trace].y);
+        changed[trace][point[1]] = point[2];
+      });
+      var traces = Object.keys(changed).map(Number);
+      window.Plotly.restyle(element, { y: traces.map(function (trace) { return changed[trace]; }) }, traces);
+      element.dataset.updated = String(Date.now());
+    });
+  }
+
   document.addEventListener("htmx:wsBeforeMessage", function (event) {
     var message = event.detail.message;
     if (typeof message === "string" && message.charAt(0) === "{") {
       event.preventDefault();
-      applyCharts(JSON.parse(message).charts || {});
+      var update = JSON.parse(message);
+      applyCharts(update.charts || {});
+      applyPoints(update.points || {});
     }
   });
   document.addEventListener("htmx:wsOpen", function () { setStatus("live", "Live"); });

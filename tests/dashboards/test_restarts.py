@@ -236,10 +236,18 @@ async def open_overview(web):
 
 
 async def receive_update(ws, timeout: float = 10) -> int:
-    """One push (the fragments, then the chart JSON); returns the customer count it shows."""
-    html = await asyncio.wait_for(ws.recv(), timeout)
-    json.loads(await asyncio.wait_for(ws.recv(), timeout))
-    return int(CUSTOMERS.search(html).group(1).replace(",", ""))
+    """The customer count shown by the next push that shows one (the first push after
+    connecting shows everything; later ones only what changed, so frames of chart JSON and
+    fragments without the customers tile are passed over)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.monotonic()))
+        if frame.startswith("{"):
+            json.loads(frame)
+            continue
+        match = CUSTOMERS.search(frame)
+        if match:
+            return int(match.group(1).replace(",", ""))
 
 
 async def a_new_dashboard_connects(web) -> tuple[object, int]:
