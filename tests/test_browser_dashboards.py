@@ -10,21 +10,13 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 from playwright.sync_api import expect
-from psycopg.conninfo import make_conninfo
 
 from campaigns import dispatch
 from campaigns.services.delivery_events import delivery_events_apply
@@ -33,6 +25,7 @@ from campaigns.models import Delivery, SandboxMessage
 from campaigns.providers import DeliveryEvent
 from tests.campaigns.conftest import audience, make_campaign  # noqa: F401  (the fixture)
 from tests.conftest import PASSWORD, WAIT_SECONDS, new_context
+from tests.servers import AsgiServer
 
 pytestmark = [
     pytest.mark.browser,
@@ -42,84 +35,6 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "static" / "screenshots"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class AsgiServer:
-    """``uvicorn config.asgi:application`` in a subprocess, on the test database.
-
-    Django's live_server speaks WSGI only; the dashboards need websockets. The server gets
-    the test's SECRET_KEY (tracking tokens are signed here and checked there) and the
-    PostgreSQL channel layer on the same database, like the zero-setup mode.
-    """
-
-    def __init__(self, log_path: Path):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
-        db = connection.settings_dict
-        params = {"dbname": db["NAME"], "user": db["USER"], "password": db["PASSWORD"], "host": db["HOST"],
-                  "port": db["PORT"], **db["OPTIONS"]}
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": make_conninfo(**{key: value for key, value in params.items() if value not in ("", None)}),
-            "DEBUG": "1",
-            "SECRET_KEY": settings.SECRET_KEY,
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "LOG_LEVEL": "WARNING",
-        }
-        # No Redis: the channel layer is channels-postgres on the test database. And the
-        # server must not inherit the test's permission to run the ORM inside event loops.
-        for name in ("REDIS_URL", "DJANGO_ALLOW_ASYNC_UNSAFE"):
-            self.env.pop(name, None)
-
-    def start(self, timeout: float = 2 * WAIT_SECONDS) -> None:
-        command = [
-            sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
-            "--port", str(self.port), "--lifespan", "off", "--no-access-log", "--log-level", "warning",
-        ]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"uvicorn exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.base}/accounts/login/", timeout=WAIT_SECONDS).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"uvicorn did not answer within {timeout:.0f} s:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        # SIGINT: a graceful shutdown, which closes open websockets with 1012 (service restart).
-        os.killpg(self.process.pid, signal.SIGINT)
-        try:
-            self.process.wait(timeout=WAIT_SECONDS)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def log_size(self) -> int:
-        return self.log_path.stat().st_size if self.log_path.exists() else 0
-
-    def log(self, since: int = 0) -> str:
-        """What the server logged (after byte offset ``since``), its last 5,000 characters."""
-        with open(self.log_path, "rb") as log:
-            log.seek(since)
-            return log.read().decode(errors="replace")[-5000:]
 
 
 @pytest.fixture(scope="module")
