@@ -15,6 +15,7 @@ from customers.roles import can_use_marketing, can_view_customers
 from journeys.models import Journey
 
 from . import live
+from .fanout import fanout
 from .publish import OVERVIEW, campaign_group, journey_group, publisher, session_group
 
 # Close codes the page understands: not signed in, not allowed.
@@ -39,10 +40,11 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self._pushing = asyncio.Lock()
         self._shown: live.Update | None = None
         publisher.server_loop = asyncio.get_running_loop()
-        # The dashboard's figures, and the session's end (signing out closes the socket).
+        # The dashboard's figures, and the session's end (signing out closes the socket),
+        # through this process's one member of each group (dashboards.fanout).
         self._joined = [self.group, session_group(self.scope["session"].session_key)]
         for group in self._joined:
-            await self.channel_layer.group_add(group, self.channel_name)
+            await fanout.join(self.channel_layer, group, self)
         # Changes committed before the join are not announced to this socket: the first push
         # must be rendered after it.
         self._changed_at = time.monotonic()
@@ -54,11 +56,15 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if getattr(self, "_flush", None) is not None:
             self._flush.cancel()
         for group in getattr(self, "_joined", ()):
-            await self.channel_layer.group_discard(group, self.channel_name)
+            await fanout.leave(self.channel_layer, group, self)
 
-    async def session_ended(self, event):
-        """The user signed out in this session: the page asks them to sign in again."""
-        await self.close(code=UNAUTHENTICATED)
+    def deliver(self, message: dict) -> None:
+        """A message to one of this socket's groups, from the process's fanout."""
+        if message["type"] == "dashboard.changed":
+            self.changed(message)
+        elif message["type"] == "session.ended":
+            # The user signed out in this session: the page asks them to sign in again.
+            asyncio.ensure_future(self.close(code=UNAUTHENTICATED))
 
     def allowed(self, user) -> bool:
         raise NotImplementedError
@@ -66,19 +72,17 @@ class DashboardConsumer(AsyncWebsocketConsumer):
     def build(self):
         raise NotImplementedError
 
-    async def dashboard_changed(self, event):
+    def changed(self, event: dict) -> None:
         """Coalesce: at most one push per DASHBOARD_PUSH_INTERVAL; the last change is never dropped."""
         self._changed_at = max(self._changed_at, live.renders.heard(event.get("id")))
         if self._flush is not None:
             return
         wait = self._last_push + settings.DASHBOARD_PUSH_INTERVAL - time.monotonic()
-        if wait <= 0:
-            await self.push()
-        else:
-            self._flush = asyncio.ensure_future(self._push_later(wait))
+        self._flush = asyncio.ensure_future(self._push_later(wait))
 
     async def _push_later(self, wait: float):
-        await asyncio.sleep(wait)
+        if wait > 0:
+            await asyncio.sleep(wait)
         self._flush = None
         try:
             await self.push()

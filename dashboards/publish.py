@@ -68,7 +68,8 @@ class Publisher:
     def send(self, group: str, message: dict) -> None:
         """Send ``message`` to ``group`` from synchronous code, on the right event loop."""
         with self._lock:
-            self._messages.append((group, message))
+            # The group rides along: each process hands it to the sockets watching it (dashboards.fanout).
+            self._messages.append((group, {**message, "group": group}))
             self._ensure_thread()
         self._wake.set()
 
@@ -104,7 +105,7 @@ class Publisher:
             for group in sorted(groups):
                 # The id lets the sockets of a process that hear of it share one render
                 # (dashboards.live.SharedRenders.heard).
-                notice = {"type": "dashboard.changed", "at": sent_at, "id": uuid.uuid4().hex}
+                notice = {"type": "dashboard.changed", "group": group, "at": sent_at, "id": uuid.uuid4().hex}
                 self._group_send(loop, group, notice)
 
     def _group_send(self, loop: asyncio.AbstractEventLoop, group: str, message: dict) -> None:

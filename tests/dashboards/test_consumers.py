@@ -143,7 +143,7 @@ def test_bursts_are_coalesced_and_the_last_change_is_never_lost(marketer, launch
         for i in range(60):
             if i in changes:
                 assert await sync_to_async(apply)(*changes[i])
-            await layer.group_send(f"campaign.{launched.pk}", {"type": "dashboard.changed"})
+            await layer.group_send(f"campaign.{launched.pk}", {"type": "dashboard.changed", "group": f"campaign.{launched.pk}"})
         # Every push until one shows the last change, then any that still follow it.
         pushes, last, last_at = 0, "", started
         while "data-stat=\"opened\">3 · 3<" not in last:
@@ -179,7 +179,7 @@ def test_after_the_first_push_a_socket_receives_only_what_changed(marketer, laun
         layer = get_channel_layer()
 
         await sync_to_async(apply)("opened", ada)
-        await layer.group_send(f"campaign.{launched.pk}", {"type": "dashboard.changed"})
+        await layer.group_send(f"campaign.{launched.pk}", {"type": "dashboard.changed", "group": f"campaign.{launched.pk}"})
         html, charts = await receive_frames(ws)
         # The opens tile and the funnel changed; the other tiles and the side cards did not.
         assert [fragment_ids(frame) for frame in html] == [["campaign-stat-opened", "campaign-funnels"]]
@@ -188,7 +188,7 @@ def test_after_the_first_push_a_socket_receives_only_what_changed(marketer, laun
         assert charts == [{"points": {"series-chart": [[opens, now, 1]]}}]
 
         # Nothing changed: nothing is sent, not even an empty frame.
-        await layer.group_send(f"campaign.{launched.pk}", {"type": "dashboard.changed"})
+        await layer.group_send(f"campaign.{launched.pk}", {"type": "dashboard.changed", "group": f"campaign.{launched.pk}"})
         assert await ws.receive_nothing(timeout=1)
         await ws.disconnect(timeout=WAIT_SECONDS)
 
@@ -208,7 +208,7 @@ def test_the_chart_is_not_resent_when_its_figures_did_not_change(marketer, launc
         assert (await ws.connect(timeout=WAIT_SECONDS))[0]
         await receive_update(ws)
         await sync_to_async(apply)("delivered", ada)
-        await get_channel_layer().group_send(f"campaign.{launched.pk}", {"type": "dashboard.changed"})
+        await get_channel_layer().group_send(f"campaign.{launched.pk}", {"type": "dashboard.changed", "group": f"campaign.{launched.pk}"})
         html, charts = await receive_frames(ws)
         assert charts == []
         assert [fragment_ids(frame) for frame in html] == [["campaign-stat-opened", "campaign-funnels"]]
@@ -233,7 +233,7 @@ def test_a_socket_that_reconnects_gets_the_whole_dashboard_again(marketer, launc
         assert (await ws.connect(timeout=WAIT_SECONDS))[0]
         await receive_update(ws)
         await sync_to_async(apply)("opened", ada)
-        await get_channel_layer().group_send(f"campaign.{launched.pk}", {"type": "dashboard.changed"})
+        await get_channel_layer().group_send(f"campaign.{launched.pk}", {"type": "dashboard.changed", "group": f"campaign.{launched.pk}"})
         await receive_frames(ws)
         await ws.disconnect(timeout=WAIT_SECONDS)
         # Missed while away.
@@ -287,7 +287,7 @@ def test_sockets_that_hear_of_the_same_change_share_one_render(marketer, launche
         # Idle for longer than the push interval: each socket pushes as soon as it hears.
         await asyncio.sleep(2 * settings.DASHBOARD_PUSH_INTERVAL)
         before = rendered()
-        await get_channel_layer().group_send(group, {"type": "dashboard.changed", "id": "one-change"})
+        await get_channel_layer().group_send(group, {"type": "dashboard.changed", "group": group, "id": "one-change"})
         await asyncio.sleep(0.5)
         for ws in sockets:
             assert await ws.receive_nothing(timeout=0.05)  # nothing changed, so nothing to send
@@ -395,7 +395,7 @@ def test_signing_out_closes_that_sessions_dashboards(marketer, launched, memory_
 
         assert await ws.receive_output(timeout=5) == {"type": "websocket.close", "code": 4401}
         await sync_to_async(apply)("opened", delivery)
-        await get_channel_layer().group_send(f"campaign.{launched.pk}", {"type": "dashboard.changed"})
+        await get_channel_layer().group_send(f"campaign.{launched.pk}", {"type": "dashboard.changed", "group": f"campaign.{launched.pk}"})
         html, _ = await receive_frames(other)
         assert opened(html[0]) == "1 · 0"
         await other.disconnect(timeout=5)
