@@ -58,6 +58,11 @@ def engagement_drain(*, limit: int = DRAIN_BATCH) -> int:
     A repeat of an open already counted (or queued twice) changes nothing.
     """
     with transaction.atomic():
+        with connection.cursor() as cursor:
+            # The claim and its effects commit together, and a commit lost in a database crash
+            # takes every later one with it, so the hits would just be applied again: this
+            # commit need not wait for the disk, and the recorders' commits wait less.
+            cursor.execute("SET LOCAL synchronous_commit TO off")
         claimed, _ = engagement_apply_claimed(claim=CLAIM, params={"limit": limit})
     return claimed
 
