@@ -260,3 +260,36 @@ def test_the_dashboard_says_when_it_loses_the_server_and_catches_up_when_it_is_b
         )
 
     assert [entry for entry in errors if not expected(entry)] == []
+
+
+def test_a_form_in_a_pushed_card_still_submits(asgi_server, page, marketer, audience):  # noqa: F811
+    """Pushed fragments are rendered once for every viewer, without anyone's CSRF token: the
+    A/B test card's "Send the remainder" form, replaced by a push, must still post."""
+    from campaigns.models import Campaign
+    from campaigns.services.compose import VariantInput
+
+    content = {"email": {"subject": "Winter sale", "html": "<p>Hi</p><a href='https://shop.example.com/sale'>Sale</a>",
+                         "text": ""}}
+    campaign = make_campaign(
+        audience, channels=("email",), test_percent=90, test_metric="click", test_hours=6,
+        variants=[VariantInput(key="A", content=content),
+                  VariantInput(key="B", content={"email": {**content["email"], "subject": "Sale!"}})],
+    )
+    campaign_launch(campaign=campaign, actor="test")
+    dispatch.dispatch(budget_seconds=WAIT_SECONDS)
+    sent = list(Delivery.objects.filter(campaign=campaign, status="sent").order_by("id"))
+    base = asgi_server.base
+    sign_in(page, base)
+    page.goto(f"{base}/dashboards/campaigns/{campaign.pk}/")
+    expect(page.locator("[data-live-status]")).to_have_attribute("data-state", "live")
+    form = page.locator(f"form[action='/campaigns/{campaign.pk}/send-remainder/']")
+    expect(form).to_be_visible()
+    # A click changes the test card: the push replaces it, form and all.
+    page.evaluate("() => { document.querySelector('form[action*=send-remainder]').dataset.original = '1'; }")
+    _, click = tracked_urls(sent[0])
+    assert httpx.get(f"{base}{click}", timeout=WAIT_SECONDS).status_code == 302
+    expect(form).not_to_have_attribute("data-original", "1")
+    assert form.locator("input[name=csrfmiddlewaretoken]").count() == 0  # rendered for nobody in particular
+    form.get_by_role("button").click()
+    expect(page.locator("#flash")).to_contain_text("The rest of the audience gets variant")
+    assert Campaign.objects.get(pk=campaign.pk).winner_decided_at is not None

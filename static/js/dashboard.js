@@ -54,6 +54,25 @@
       applyPoints(update.points || {});
     }
   });
+  // Pushed fragments are rendered once for every viewer, so a form in one carries no CSRF
+  // token of its own: it takes this page's (the one htmx sends in X-CSRFToken).
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form.method || form.method.toLowerCase() !== "post") return;
+    var input = form.querySelector("input[name=csrfmiddlewaretoken]");
+    if (input && input.value) return;
+    var token = "";
+    try {
+      token = JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"] || "";
+    } catch (error) { return; /* the server answers 403 */ }
+    if (!input) {
+      input = document.createElement("input");
+      input.type = "hidden";
+      input.name = "csrfmiddlewaretoken";
+      form.appendChild(input);
+    }
+    input.value = token;
+  }, true);
   document.addEventListener("htmx:wsOpen", function () { setStatus("live", "Live"); });
   document.addEventListener("htmx:wsClose", function (event) {
     var code = event.detail && event.detail.event ? event.detail.event.code : 0;
