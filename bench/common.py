@@ -202,3 +202,66 @@ def report(name: str, figures: dict, ratio: float, target: str, met: bool) -> No
     """Print the benchmark's one result line; run_all.py reads the last line of each benchmark."""
     line = {"benchmark": name, "figures": figures, "ratio": round(ratio, 3), "target": target, "met": bool(met)}
     print(json.dumps(line), flush=True)
+
+
+class CpuMeter:
+    """CPU seconds of each party over a window: the server (uvicorn and its workers), task
+    workers (qcluster), PostgreSQL, Redis, and the ``extra`` parties (name → processes).
+
+    ``stop`` returns the cores each kept busy on average (2.0 is both cores of the reference
+    machine, all the time), with "other" for everything else on the machine; the seconds
+    themselves are left in ``seconds``.
+    """
+
+    def __init__(self, conninfo: str, extra: dict | None = None):
+        import psutil
+
+        self._psutil = psutil
+        with psycopg.connect(conninfo) as conn:
+            backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            self.postmaster = psutil.Process(backend).parent()
+        me = psutil.Process()
+        servers = [p for p in me.children() if "uvicorn" in " ".join(p.cmdline())]
+        workers = [p for p in me.children() if "qcluster" in " ".join(p.cmdline())]
+        redis = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "redis-server"]
+        self.parties = {
+            # uvicorn's supervisor and its workers (spawned, so their command lines do not say uvicorn).
+            "server": lambda: servers + [c for s in servers for c in s.children(recursive=True)],
+            "task workers": lambda: workers + [c for w in workers for c in w.children(recursive=True)],
+            "postgres": lambda: [self.postmaster] + self.postmaster.children(),
+            "redis": lambda: redis,
+            **(extra or {}),
+        }
+        self.seconds: dict[str, float] = {}
+
+    def _sample(self) -> dict:
+        totals = {}
+        for name, processes in self.parties.items():
+            seconds = 0.0
+            for process in processes():
+                try:
+                    times = process.cpu_times()
+                    seconds += times.user + times.system
+                except self._psutil.Error:
+                    pass
+            totals[name] = seconds
+        # Backends that exited (one per request when connections are not reused) are counted
+        # in the postmaster's reaped-children times.
+        times = self.postmaster.cpu_times()
+        totals["postgres"] += times.children_user + times.children_system
+        machine = self._psutil.cpu_times()
+        totals["machine busy"] = machine.user + machine.system + machine.nice + getattr(machine, "irq", 0) \
+            + getattr(machine, "softirq", 0)
+        return totals
+
+    def start(self) -> None:
+        self.began, self.before = time.monotonic(), self._sample()
+
+    def stop(self) -> dict:
+        elapsed = time.monotonic() - self.began
+        after = self._sample()
+        self.seconds = {name: after[name] - self.before[name] for name in after}
+        cores = {name: round(seconds / elapsed, 2) for name, seconds in self.seconds.items()}
+        # Anything else on the machine: other people's work, the kernel.
+        cores["other"] = round(cores["machine busy"] - sum(v for k, v in cores.items() if k != "machine busy"), 2)
+        return cores

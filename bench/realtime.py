@@ -458,60 +458,6 @@ def run_hits(base: str, paths: list[str], rate: float, connections: int) -> dict
 # --- Who used the CPU -------------------------------------------------------------------------------
 
 
-class CpuMeter:
-    """CPU seconds of each party over a window: server workers, PostgreSQL, Redis, the load."""
-
-    def __init__(self, conninfo: str, clients_pid: int):
-        with psycopg.connect(conninfo) as conn:
-            backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-            self.postmaster = psutil.Process(backend).parent()
-        me = psutil.Process()
-        servers = [p for p in me.children() if "uvicorn" in " ".join(p.cmdline())]
-        workers = [p for p in me.children() if "qcluster" in " ".join(p.cmdline())]
-        redis = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "redis-server"]
-        self.parties = {
-            # uvicorn's supervisor and its workers (spawned, so their command lines do not say uvicorn).
-            "server": lambda: servers + [c for s in servers for c in s.children(recursive=True)],
-            "task workers": lambda: workers + [c for w in workers for c in w.children(recursive=True)],
-            "postgres": lambda: [self.postmaster] + self.postmaster.children(),
-            "redis": lambda: redis,
-            "hits (aiohttp)": lambda: [me],
-            "websocket clients": lambda: [psutil.Process(clients_pid)],
-        }
-
-    def _sample(self) -> dict:
-        totals = {}
-        for name, processes in self.parties.items():
-            seconds = 0.0
-            for process in processes():
-                try:
-                    times = process.cpu_times()
-                    seconds += times.user + times.system
-                except psutil.Error:
-                    pass
-            totals[name] = seconds
-        # Backends that exited (one per request when connections are not reused) are counted
-        # in the postmaster's reaped-children times.
-        times = self.postmaster.cpu_times()
-        totals["postgres"] += times.children_user + times.children_system
-        machine = psutil.cpu_times()
-        totals["machine busy"] = machine.user + machine.system + machine.nice + getattr(machine, "irq", 0) \
-            + getattr(machine, "softirq", 0)
-        return totals
-
-    def start(self) -> None:
-        self.began, self.before = time.monotonic(), self._sample()
-
-    def stop(self) -> dict:
-        seconds = time.monotonic() - self.began
-        after = self._sample()
-        # Cores in use on average: 2.0 means both cores of this machine, all the time.
-        cores = {name: round((after[name] - self.before[name]) / seconds, 2) for name in after}
-        # Anything else on the machine: other people's work, the kernel.
-        cores["other"] = round(cores["machine busy"] - sum(v for k, v in cores.items() if k != "machine busy"), 2)
-        return cores
-
-
 class LockWatch:
     """Samples pg_stat_activity while the hits run: how many backends wait, and on what."""
 
@@ -648,7 +594,11 @@ def run_layer(layer: str, conninfo: str, campaign_id: int, paths: list[str], ses
 
             # What the machine is doing before the load starts: others' work shares the 2 cores.
             busy_before = round(psutil.cpu_percent(interval=1.0) * psutil.cpu_count() / 100, 2)
-            meter, watch = CpuMeter(conninfo, clients.process.pid), LockWatch(conninfo)
+            meter = common.CpuMeter(conninfo, {
+                "hits (aiohttp)": lambda: [psutil.Process()],
+                "websocket clients": lambda: [psutil.Process(clients.process.pid)],
+            })
+            watch = LockWatch(conninfo)
             sessions_before = pg_sessions(conninfo)
             meter.start()
             watch.start()

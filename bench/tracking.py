@@ -40,7 +40,6 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psutil  # noqa: E402
 import psycopg  # noqa: E402
 
 from bench import common  # noqa: E402
@@ -118,70 +117,29 @@ def load(base: str, conninfo: str, paths: list[str], seconds: float, label: str,
     path_file, script = workdir / f"{label}.paths", workdir / "spread.lua"
     path_file.write_text("\n".join(paths) + "\n")
     script.write_text(LUA.replace('thread:set("nthreads", 0)', f'thread:set("nthreads", {THREADS})'))
-    meter = Cpu(base, conninfo)
+    # wrk runs only while measured; its CPU is in "other", with the kernel's.
+    meter = common.CpuMeter(conninfo)
     meter.start()
     output = subprocess.run(
         [wrk_binary(), f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{round(seconds)}s", "--timeout", "10s", "-s", str(script),
          base + "/", "--", str(path_file)],
         capture_output=True, text=True, check=True,
     ).stdout
-    cpu = meter.stop()
+    cores = meter.stop()
     figures = json.loads(next(line for line in output.splitlines() if line.startswith("{")))
     figures["rate"] = round(figures["requests"] / figures["seconds"])
     figures["errors"] = sum(figures[k] for k in ("connect", "read", "write", "status", "timeout"))
     figures["issued_total"] = sum(figures["issued"])
-    figures["cpu"] = cpu
-    figures["server_cpu_us_per_request"] = round(cpu["server"] * 1e6 / max(1, figures["requests"]), 1)
-    figures["postgres_cpu_us_per_request"] = round(cpu["postgres"] * 1e6 / max(1, figures["requests"]), 1)
+    figures["cores"] = cores
+    figures["server_cpu_us_per_request"] = round(meter.seconds["server"] * 1e6 / max(1, figures["requests"]), 1)
+    figures["postgres_cpu_us_per_request"] = round(meter.seconds["postgres"] * 1e6 / max(1, figures["requests"]), 1)
     common.log(
         f"  {label}: {figures['requests']:,} answered in {figures['seconds']:.1f} s = {figures['rate']:,}/s; "
         f"{figures['errors']} errors; latency p50 {figures['p50_us'] / 1000:.2f} ms, p99 {figures['p99_us'] / 1000:.2f} ms, "
         f"max {figures['max_us'] / 1000:.1f} ms; CPU per request: server {figures['server_cpu_us_per_request']} µs, "
-        f"PostgreSQL {figures['postgres_cpu_us_per_request']} µs; cores busy {cpu['cores']}"
+        f"PostgreSQL {figures['postgres_cpu_us_per_request']} µs; cores busy {cores}"
     )
     return figures
-
-
-class Cpu:
-    """CPU seconds of the server's processes, PostgreSQL's and wrk's over a window."""
-
-    def __init__(self, base: str, conninfo: str):
-        port = urlsplit(base).port
-        self.servers = [p for p in psutil.process_iter(["cmdline"]) if f"--port {port}" in " ".join(p.info["cmdline"] or [])]
-        with psycopg.connect(conninfo) as conn:
-            self.postmaster = psutil.Process(conn.execute("SELECT pg_backend_pid()").fetchone()[0]).parent()
-
-    def _sample(self) -> dict:
-        def seconds(processes):
-            total = 0.0
-            for process in processes:
-                try:
-                    times = process.cpu_times()
-                    total += times.user + times.system
-                except psutil.Error:
-                    pass
-            return total
-
-        servers = self.servers + [c for s in self.servers for c in s.children(recursive=True)]
-        postgres = [self.postmaster, *self.postmaster.children()]
-        machine = psutil.cpu_times()
-        return {
-            "server": seconds(servers), "postgres": seconds(postgres),
-            "machine": machine.user + machine.system + machine.nice + machine.softirq + machine.irq,
-        }
-
-    def start(self) -> None:
-        self.began, self.before = time.monotonic(), self._sample()
-
-    def stop(self) -> dict:
-        elapsed = time.monotonic() - self.began
-        after = self._sample()
-        cores = {k: round((after[k] - self.before[k]) / elapsed, 2) for k in after}
-        cores["other (wrk, kernel)"] = round(cores["machine"] - cores["server"] - cores["postgres"], 2)
-        # Raw seconds for the per-request figures.
-        cores["server_seconds"] = after["server"] - self.before["server"]
-        cores["postgres_seconds"] = after["postgres"] - self.before["postgres"]
-        return {"server": cores.pop("server_seconds"), "postgres": cores.pop("postgres_seconds"), "cores": cores}
 
 
 # --- The data --------------------------------------------------------------------------------------
