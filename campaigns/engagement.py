@@ -15,6 +15,7 @@ This module is the only writer of ``campaigns_engagementhit``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -30,12 +31,15 @@ from .services.delivery_events import engagement_apply_claimed
 logger = logging.getLogger(__name__)
 
 KINDS = frozenset({DeliveryStatus.OPENED.value, DeliveryStatus.CLICKED.value})
-# Hits one recorder statement writes at most; one drain applies at most DRAIN_BATCH.
+# Hits one recorder statement writes at most, and statements in flight at once per process;
+# one drain applies at most DRAIN_BATCH.
 WRITE_BATCH = 5000
+WRITERS = 2
 DRAIN_BATCH = 5000
 # A burst, for the drainer: this process accepting more hits a second than this, with a backlog.
 BUSY_HITS_PER_SECOND = 1000
 BURST_SHARE = 0.1
+BURST_BATCH = 1000
 
 INSERT = (
     "INSERT INTO campaigns_engagementhit (delivery_id, kind) "
@@ -89,7 +93,7 @@ class Drainer:
 
     Applying costs several times what accepting does. During a burst, while this process
     accepts more than ``BUSY_HITS_PER_SECOND``, the drainer rests after each drain so that it
-    takes about ``BURST_SHARE`` of the time, in larger (cheaper) batches: readers are answered
+    takes about ``BURST_SHARE`` of the time, in batches of ``BURST_BATCH``: readers are answered
     first and the backlog is applied as the burst eases, at full speed once it is over.
     """
 
@@ -121,10 +125,11 @@ class Drainer:
             try:
                 close_old_connections()
                 while True:
+                    busy = recorder.hits_per_second() > BUSY_HITS_PER_SECOND
                     started = time.monotonic()
-                    applied = engagement_drain()
+                    applied = engagement_drain(limit=BURST_BATCH if busy else DRAIN_BATCH)
                     took = time.monotonic() - started
-                    if recorder.hits_per_second() > BUSY_HITS_PER_SECOND:
+                    if busy or recorder.hits_per_second() > BUSY_HITS_PER_SECOND:
                         rest_until = time.monotonic() + took * (1 / BURST_SHARE - 1)
                         self._wake.set()  # more is queued or coming: come back after the rest
                         break
@@ -152,26 +157,27 @@ class Recorder:
     """Writes hits to the queue in batches on this process's event loop.
 
     ``record`` returns once the hit's batch has committed (True), or False when the
-    database could not take it; the caller answers the request either way. While one batch
-    is being written, the hits that arrive wait for the next: the busier the endpoint, the
-    larger the batches, with no fixed delay added when it is quiet.
+    database could not take it; the caller answers the request either way. While
+    ``WRITERS`` batches are being written, the hits that arrive wait for the next: the busier
+    the endpoint, the larger the batches, with no fixed delay added when it is quiet.
     """
 
     def __init__(self) -> None:
         self._pending: list[tuple[int, str, asyncio.Future]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._writer: asyncio.Task | None = None
-        self._connection = None
+        self._writers = 0
+        self._idle: list = []
         # Hits already committed here: a mail client loading the pixel again is not queued again.
         self._seen: OrderedDict[tuple[int, str], None] = OrderedDict()
         # Hits written in the current and the previous second, for hits_per_second.
         self._second, self._this_second, self._last_second = 0, 0, 0
 
     def hits_per_second(self) -> int:
-        """Hits this process wrote in the last whole second (read from the drainer's thread)."""
+        """Hits this process wrote in the last whole second, or so far in this one if more
+        (read from the drainer's thread: a burst counts from its first second)."""
         second = int(time.monotonic())
         if second == self._second:
-            return self._last_second
+            return max(self._last_second, self._this_second)
         return self._this_second if second == self._second + 1 else 0
 
     def _count(self, hits: int) -> None:
@@ -188,19 +194,21 @@ class Recorder:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             # A new event loop (a forked worker, a test's loop): nothing of the old one is usable.
-            self._loop, self._writer, self._connection, self._pending = loop, None, None, []
-            self._connecting = asyncio.Lock()
+            self._loop, self._writers, self._idle, self._pending = loop, 0, [], []
         return loop
 
     async def record(self, delivery_id: int, kind: str) -> bool:
         loop = self._bind()
         future = loop.create_future()
         self._pending.append((delivery_id, kind, future))
-        if self._writer is None:
-            self._writer = loop.create_task(self._write_all())
+        if self._writers < WRITERS:
+            self._writers += 1
+            loop.create_task(self._write_all())
         return await future
 
     async def _write_all(self) -> None:
+        """Write pending hits until there are none; up to WRITERS of these run at once, each
+        on a connection of its own, so a batch need not wait for the previous one's commit."""
         try:
             while self._pending:
                 batch, self._pending = self._pending[:WRITE_BATCH], self._pending[WRITE_BATCH:]
@@ -214,45 +222,46 @@ class Recorder:
                     self._count(len(batch))
                     drainer.wake()
         finally:
-            self._writer = None
+            self._writers -= 1
 
     async def _write(self, batch) -> bool:
         try:
-            conn = await self._connect()
-            await conn.execute(INSERT, [[row[0] for row in batch], [row[1] for row in batch]], prepare=True)
+            async with self._connection() as conn:
+                await conn.execute(INSERT, [[row[0] for row in batch], [row[1] for row in batch]], prepare=True)
             return True
         except Exception:
             logger.exception("could not queue %s opens and clicks", len(batch))
-            conn, self._connection = self._connection, None
-            if conn is not None:
-                try:
-                    await conn.close()
-                except Exception:
-                    pass
             return False
 
     async def link_url(self, link_id: int) -> str | None:
         """Where a tracked link leads, or None when there is no such link or no database."""
+        self._bind()
         try:
-            conn = await self._connect()
-            cursor = await conn.execute("SELECT url FROM campaigns_link WHERE id = %s", [link_id], prepare=True)
-            row = await cursor.fetchone()
+            async with self._connection() as conn:
+                cursor = await conn.execute("SELECT url FROM campaigns_link WHERE id = %s", [link_id], prepare=True)
+                row = await cursor.fetchone()
         except Exception:
             logger.exception("could not look up link %s", link_id)
             return None
         return row[0] if row else None
 
-    async def _connect(self):
-        self._bind()
-        async with self._connecting:
-            if self._connection is None or self._connection.closed:
-                import psycopg
-                from django.db import connections
+    @contextlib.asynccontextmanager
+    async def _connection(self):
+        """An idle connection of this process's (a new one if none is idle); one that failed is dropped."""
+        import psycopg
+        from django.db import connections
 
-                params = connections["default"].get_connection_params()
-                params.pop("cursor_factory", None)
-                self._connection = await psycopg.AsyncConnection.connect(**params, autocommit=True)
-            return self._connection
+        conn = self._idle.pop() if self._idle else None
+        if conn is None or conn.closed:
+            params = connections["default"].get_connection_params()
+            params.pop("cursor_factory", None)
+            conn = await psycopg.AsyncConnection.connect(**params, autocommit=True)
+        try:
+            yield conn
+        except BaseException:
+            await conn.close()
+            raise
+        self._idle.append(conn)
 
     def _remember(self, delivery_id: int, kind: str) -> None:
         self._seen[(delivery_id, kind)] = None
