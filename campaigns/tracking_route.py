@@ -119,7 +119,7 @@ class TrackingRoute:
             "open": signing.Signer(salt=links.OPEN_SALT),
             "click": signing.Signer(salt=links.CLICK_SALT),
         }
-        common = [(b"cache-control", NO_STORE), (b"x-robots-tag", b"noindex, nofollow")]
+        common = [(b"cache-control", NO_STORE)]
         if settings.SECURE_CONTENT_TYPE_NOSNIFF:
             common.append((b"x-content-type-options", b"nosniff"))
         if settings.SECURE_REFERRER_POLICY:

@@ -191,7 +191,7 @@ def test_the_route_gives_the_answers_django_gave(sent, server):
                      click(ada, link)[:-1] + "x"):
             response = http.get(path)
             assert response.status_code == 404 and "link" in response.text.lower(), path
-            assert response.headers["x-robots-tag"] == "noindex, nofollow"
+            assert response.headers["x-robots-tag"] == "noindex, nofollow"  # Django's invalid-link page
         # Other methods and unknown hosts are Django's too.
         assert http.post(pixel(ada)).status_code in (403, 405)
         assert http.get(pixel(ada), headers={"host": "evil.example"}).status_code == 400
