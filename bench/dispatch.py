@@ -51,7 +51,7 @@ LATENCY_MS = 2
 SMS_FROM = "+15005550006"
 SITE_URL = "https://switchboard.example.com"
 # The crash run: leases short enough to expire during the run, batches small enough that a
-# live worker always finishes one well within its lease (the lease is not renewed).
+# live worker always finishes one well within its lease (renewed while a batch is unrecorded).
 CRASH_LEASE_SECONDS = 5
 CRASH_BATCH_SIZE = 100
 KILL_AT = (0.3, 0.6)

@@ -10,6 +10,10 @@ Exactly-once, as far as a provider allows it:
   frequency cap of whoever re-checks that customer next.
 - Outcomes are recorded with ``WHERE status = 'sending'``: a worker that outlived its lease
   cannot overwrite what another worker settled.
+- A worker holds at most two batches unrecorded: one with the providers, and the next one,
+  claimed and rendered meanwhile (and already queued behind it for a provider that sends in
+  the background). Both are leased, and the lease renewed, until recorded; a provider that
+  sends on the dispatcher's own thread starts a batch only once the one before is recorded.
 - A delivery still ``sending`` after its lease expired belonged to a worker that died
   mid-batch. Before it is sent again, its provider is asked whether it already accepted it
   (``Provider.lookup``: the sandbox by delivery id, Twilio by recipient, body and time);
@@ -25,16 +29,19 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from functools import partial
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
+from django.utils.functional import lazy
 
 from customers.services.profiles import devices_remove
 
-from .links import email_finish, links_in, links_store, message_links
+from .links import email_finish, links_in, links_store, message_links, preferences_url, unsubscribe_url
 from .models import Campaign, DeliveryStatus, SuppressionReason
 from .personalisation import TemplateProblem, compile_content, customer_context, with_opt_out
 from .policy import (
@@ -47,7 +54,7 @@ from .policy import (
     local_zone_sql,
     reason_sql,
 )
-from .providers import OutgoingMessage, SendResult, provider_for
+from .providers import OutgoingMessage, Provider, SendResult, provider_for
 from .transitions import deliveries_transition
 
 logger = logging.getLogger(__name__)
@@ -59,6 +66,20 @@ CLAIM_SETS = {"lease_until": "%(lease)s", "attempts": "d.attempts + 1"}
 
 def _lease() -> timedelta:
     return timedelta(seconds=settings.DELIVERY_LEASE_SECONDS)
+
+
+# Links signed only if a template uses them. Made once: ``lazy()`` builds a proxy class per
+# call, and building two per message cost more than rendering the message.
+_lazy_unsubscribe_url = lazy(unsubscribe_url, str)
+_lazy_preferences_url = lazy(preferences_url, str)
+
+
+def _message_links(delivery_id: int, customer_id: int, channel: str) -> dict:
+    """The message's own links: signed now for email (they are tracked and go in the footer),
+    on first use for the other channels."""
+    if channel == "email":
+        return message_links(delivery_id=delivery_id, customer_id=customer_id)
+    return {"unsubscribe_url": _lazy_unsubscribe_url(delivery_id), "preferences_url": _lazy_preferences_url(customer_id)}
 
 
 def _rows(columns: str) -> str:
@@ -121,9 +142,10 @@ def _claim(*, limit: int, now: datetime) -> tuple[int, list[int]]:
                 to=SENDING, only_from=[PLANNED], sets=CLAIM_SETS, now=now, return_ids=True,
                 source="""
                     SELECT q.id FROM campaigns_delivery q
-                    LEFT JOIN campaigns_campaign c ON c.id = q.campaign_id
                     WHERE q.status = %(planned)s AND q.due_at <= %(now)s
-                      AND (q.campaign_id IS NULL OR (c.status = ANY(%(active)s) AND c.throttle_per_minute IS NULL))
+                      AND (q.campaign_id IS NULL OR EXISTS (
+                          SELECT FROM campaigns_campaign c WHERE c.id = q.campaign_id
+                            AND c.status = ANY(%(active)s) AND c.throttle_per_minute IS NULL))
                     ORDER BY q.due_at LIMIT %(limit)s
                     FOR UPDATE OF q SKIP LOCKED""",
                 params={"lease": lease_until, "planned": PLANNED, "active": active, "limit": limit - len(ids)},
@@ -174,11 +196,18 @@ def recheck(ids: list[int], *, now: datetime) -> list[int]:
             FROM campaigns_delivery d WHERE d.id = ANY(%(ids)s) AND d.status = %(sending)s
         )
         SELECT cand.id, {reason_sql(cap_counts="(coalesce(recent.sent, 0) + cand.earlier)")} AS reason,
-               CASE WHEN t.is_transactional THEN %(now)s ELSE {defer_sql("%(now)s", local_zone_sql())} END AS due
+               CASE WHEN t.is_transactional THEN %(now)s ELSE {defer_sql("%(now)s", "lz.zone")} END AS due
         FROM cand {joins_sql()}
-        LEFT JOIN recent ON recent.customer_id = cand.customer_id
+        -- The zone looked up in one place: named once, the zone list is read by its key; named
+        -- in each branch of the deferral, it is copied out whole and scanned row by row.
+        CROSS JOIN LATERAL (SELECT {local_zone_sql()} AS zone) lz
+        -- Counted for the batch's customers only (the array is computed once, before the
+        -- count): joined on its own, the count covers every delivery sent in the window.
+        LEFT JOIN (SELECT * FROM recent WHERE recent.customer_id = ANY(ARRAY(SELECT customer_id FROM cand))) recent
+            ON recent.customer_id = cand.customer_id
     """
-    with transaction.atomic(), connection.cursor() as cursor:
+    # No savepoint: called inside the claim's transaction, it succeeds or rolls back with it.
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         cursor.execute(CAP_LOCK_SQL, {"ids": ids})
         cursor.execute("CREATE TEMP TABLE IF NOT EXISTS dispatch_judged (id bigint, reason text, due timestamptz)")
         cursor.execute("TRUNCATE dispatch_judged")
@@ -214,6 +243,20 @@ class RenderFailure:
     error: str
 
 
+def _twice(make):
+    """``make()``, tried once more if it raises :class:`TemplateProblem`.
+
+    A render has a wall-clock allowance, and this thread shares the interpreter with the
+    threads sending the batch before it: on a busy machine a render can be cut short for
+    want of a turn, and a message suppressed for that would be lost for nothing. A template
+    that really fails fails again (at most one more allowance).
+    """
+    try:
+        return make()
+    except TemplateProblem:
+        return make()
+
+
 def build(ids: list[int]) -> tuple[list[OutgoingMessage], list[SendResult | RenderFailure]]:
     """Render the claimed deliveries (each template compiled once per batch).
 
@@ -229,7 +272,9 @@ def build(ids: list[int]) -> tuple[list[OutgoingMessage], list[SendResult | Rend
                    c.external_id, c.email, c.phone, c.first_name, c.last_name, c.locale, c.timezone,
                    c.lifecycle_stage, c.attributes, d.updated_at, d.provider
             FROM campaigns_delivery d
-            JOIN customers_customer c ON c.id = d.customer_id
+            -- Lateral (and kept apart by OFFSET 0): the batch's customers by primary key. As a
+            -- join, the planner hashes every customer, once per batch, for a few hundred rows.
+            CROSS JOIN LATERAL (SELECT * FROM customers_customer c WHERE c.id = d.customer_id OFFSET 0) c
             JOIN customers_topic t ON t.id = d.topic_id
             LEFT JOIN campaigns_content ct ON ct.variant_id = d.variant_id AND ct.channel = d.channel
             WHERE d.id = ANY(%s) ORDER BY d.id
@@ -262,19 +307,19 @@ def build(ids: list[int]) -> tuple[list[OutgoingMessage], list[SendResult | Rend
                 raise TemplateProblem("content", f"no {channel} content")
             if key not in compiled:
                 try:
-                    compiled[key] = compile_content(channel, body)
+                    compiled[key] = _twice(lambda: compile_content(channel, body))
                 except TemplateProblem as problem:
                     compiled[key] = problem  # the same answer for the rest of the batch
             if isinstance(compiled[key], TemplateProblem):
                 raise compiled[key]
-            links = message_links(delivery_id=delivery_id, customer_id=customer_id, lazy=channel != "email")
+            links = _message_links(delivery_id, customer_id, channel)
             customer = {
                 "id": customer_id, "external_id": external_id, "email": email, "phone": phone,
                 "first_name": first_name, "last_name": last_name, "locale": locale, "timezone": tz_name,
                 "lifecycle_stage": stage, "attributes": attributes,
             }
-            content = compiled[key].render(customer_context(customer, links=links))
-            content = with_opt_out(channel, content, marketing=marketing)
+            context = customer_context(customer, links=links)
+            content = _twice(lambda: with_opt_out(channel, compiled[key].render(context), marketing=marketing))
         except TemplateProblem as problem:
             failures.append(RenderFailure(delivery_id, f"{channel} {problem}"))
             continue
@@ -322,12 +367,12 @@ def record(results: list[SendResult | RenderFailure], *, provider_names: dict[in
         {"id": r.delivery_id, "provider": provider_names.get(r.delivery_id, ""), "pid": r.provider_message_id}
         for r in results if r.ok
     ]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT id, attempts FROM campaigns_delivery WHERE id = ANY(%s)",
-            [[r.delivery_id for r in results if not r.ok]],
-        )
-        attempts = dict(cursor.fetchall())
+    attempts = {}
+    unsent = [r.delivery_id for r in results if not r.ok]
+    if unsent:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT id, attempts FROM campaigns_delivery WHERE id = ANY(%s)", [unsent])
+            attempts = dict(cursor.fetchall())
     failed, retry = [], []
     for r in results:
         if r.ok:
@@ -375,51 +420,99 @@ def record(results: list[SendResult | RenderFailure], *, provider_names: dict[in
 # --- The loop -----------------------------------------------------------------------------------
 
 
-def _send(messages: list[OutgoingMessage], *, settle: bool) -> tuple[list[SendResult], dict[int, str]]:
-    """Send ``messages`` grouped by channel; with ``settle``, first ask providers what they already have."""
-    results: list[SendResult] = []
-    provider_names: dict[int, str] = {}
+@dataclass
+class _Sending:
+    """A claimed batch handed to its providers and not yet recorded."""
+
+    ids: list[int]  # every delivery claimed for it: leased until recorded
+    # Outcomes known before sending: render failures, no device left, found by a lookup.
+    known: list[SendResult | RenderFailure]
+    # (provider, its messages, a function waiting for their results), one per provider.
+    groups: list[tuple[Provider, list[OutgoingMessage], Callable[[], list[SendResult]]]] = field(default_factory=list)
+    provider_names: dict[int, str] = field(default_factory=dict)
+
+
+def _start(ids: list[int], *, settle: bool) -> _Sending:
+    """Render claimed deliveries and start sending them, grouped by channel; with ``settle``,
+    first ask the providers which they already have.
+
+    Providers that send in the background (Twilio) get their messages now and are still
+    sending when this returns; the others send when :func:`_finish` waits for them. Raises
+    only before any message was handed over.
+    """
+    messages, known = build(ids)
+    sending = _Sending(ids=ids, known=known)
     by_channel = defaultdict(list)
     for message in messages:
         by_channel[(message.channel, message.provider)].append(message)
-    for (channel, pinned), group in by_channel.items():
-        provider = provider_for(channel, pinned or None)
+    # Every provider first, so a misconfigured one stops the batch before any message left.
+    providers = {key: provider_for(key[0], key[1] or None) for key in by_channel}
+    for key, group in by_channel.items():
+        provider = providers[key]
+        for message in group:
+            sending.provider_names[message.delivery_id] = provider.name
+        if settle and provider.supports_lookup:
+            try:
+                already = provider.lookup(group)
+            except Exception:
+                # Unknown whether they went out: leave them sending, to be settled again
+                # when this lease expires, rather than risk a second send.
+                logger.exception("%s lookup failed; %d deliveries wait for the next try", provider.name, len(group))
+                provider.close()
+                continue
+            sending.known += [SendResult(d, True, provider_message_id=pid) for d, pid in already.items()]
+            group = [m for m in group if m.delivery_id not in already]
+        if not group or not provider.sends_in_background:
+            # Sent when the batch is finished, after the one before it was recorded: a worker
+            # that dies then leaves one batch sent and unrecorded, as without the pipeline
+            # (what matters for providers that cannot be asked what they already have).
+            sending.groups.append((provider, group, partial(provider.send_batch, group) if group else list))
+            continue
         try:
-            for message in group:
-                provider_names[message.delivery_id] = provider.name
-            if settle and provider.supports_lookup:
-                try:
-                    already = provider.lookup(group)
-                except Exception:
-                    # Unknown whether they went out: leave them sending, to be settled again
-                    # when this lease expires, rather than risk a second send.
-                    logger.exception("%s lookup failed; %d deliveries wait for the next try", provider.name, len(group))
-                    continue
-                results += [SendResult(d, True, provider_message_id=pid) for d, pid in already.items()]
-                group = [m for m in group if m.delivery_id not in already]
-            if group:
-                try:
-                    results += provider.send_batch(group)
-                except Exception as exc:  # a provider bug or outage: retry later, never lose the rows
-                    logger.exception("%s provider failed on a batch of %d", provider.name, len(group))
-                    results += [SendResult(m.delivery_id, False, error=f"provider error: {exc}") for m in group]
+            wait = provider.start_batch(group)
+        except Exception as exc:  # a provider bug or outage: retry later, never lose the rows
+            logger.exception("%s provider failed on a batch of %d", provider.name, len(group))
+            failed = [SendResult(m.delivery_id, False, error=f"provider error: {exc}") for m in group]
+            wait = failed.copy
+        sending.groups.append((provider, group, wait))
+    return sending
+
+
+def _finish(sending: _Sending) -> dict[str, int]:
+    """Wait until the providers answered for every message of ``sending``, then record the outcomes."""
+    results = list(sending.known)
+    for provider, group, wait in sending.groups:
+        try:
+            results += wait()
+        except Exception as exc:  # a provider bug or outage: retry later, never lose the rows
+            logger.exception("%s provider failed on a batch of %d", provider.name, len(group))
+            results += [SendResult(m.delivery_id, False, error=f"provider error: {exc}") for m in group]
         finally:
             provider.close()
-    return results, provider_names
+    return record(results, provider_names=sending.provider_names, now=timezone.now())
 
 
 class LeaseKeeper(threading.Thread):
-    """Extends the lease of deliveries while a slow batch is with the providers.
+    """Extends the lease of the deliveries it holds until they are recorded.
 
     Without it a batch that outlives its lease (a slow provider, a loaded machine) would be
     taken over and sent a second time by another worker. Uses its own connection, and
     skips rows another transaction holds, so it never waits on anyone.
     """
 
-    def __init__(self, ids: list[int]):
+    def __init__(self, ids: Iterable[int] = ()):
         super().__init__(name="lease-keeper", daemon=True)
-        self.ids = ids
+        self._ids = set(ids)
+        self._lock = threading.Lock()
         self.done = threading.Event()
+
+    def hold(self, ids: Iterable[int]) -> None:
+        with self._lock:
+            self._ids.update(ids)
+
+    def release(self, ids: Iterable[int]) -> None:
+        with self._lock:
+            self._ids.difference_update(ids)
 
     def run(self) -> None:
         from django.db import connections
@@ -427,17 +520,24 @@ class LeaseKeeper(threading.Thread):
         seconds = settings.DELIVERY_LEASE_SECONDS
         try:
             while not self.done.wait(max(seconds / 3, 0.5)):
-                with connection.cursor() as cursor:
-                    cursor.execute(
-                        """
-                        UPDATE campaigns_delivery SET lease_until = now() + make_interval(secs => %s)
-                        WHERE id IN (SELECT id FROM campaigns_delivery
-                                     WHERE id = ANY(%s) AND status = %s FOR UPDATE SKIP LOCKED)
-                        """,
-                        [seconds, self.ids, SENDING],
-                    )
-        except Exception:
-            logger.exception("could not extend the lease of %d deliveries", len(self.ids))
+                with self._lock:
+                    ids = sorted(self._ids)
+                if not ids:
+                    continue
+                try:
+                    with connection.cursor() as cursor:
+                        cursor.execute(
+                            """
+                            UPDATE campaigns_delivery SET lease_until = now() + make_interval(secs => %s)
+                            WHERE id IN (SELECT id FROM campaigns_delivery
+                                         WHERE id = ANY(%s) AND status = %s FOR UPDATE SKIP LOCKED)
+                            """,
+                            [seconds, ids, SENDING],
+                        )
+                except Exception:
+                    # Try again at the next turn, on a new connection.
+                    logger.exception("could not extend the lease of %d deliveries", len(ids))
+                    connection.close()
         finally:
             connections.close_all()
 
@@ -447,32 +547,72 @@ class LeaseKeeper(threading.Thread):
 
 
 def process(ids: list[int], *, settle: bool = False) -> dict[str, int]:
-    """Render, send and record claimed (and re-checked) deliveries."""
-    messages, failures = build(ids)
-    keeper = LeaseKeeper([m.delivery_id for m in messages])
+    """Render, send and record claimed (and re-checked) deliveries, one batch start to end."""
+    keeper = LeaseKeeper(ids)
     keeper.start()
     try:
-        results, provider_names = _send(messages, settle=settle)
+        return _finish(_start(ids, settle=settle))
     finally:
         keeper.stop()
-    return record(failures + results, provider_names=provider_names, now=timezone.now())
+
+
+def _claim_next(*, batch_size: int, keeper: LeaseKeeper) -> _Sending | None:
+    """Claim the next batch (deliveries of dead workers first) and hand it to the providers;
+    None when nothing is due."""
+    now = timezone.now()
+    settle = True
+    ids = claim_expired(limit=batch_size, now=now)
+    if not ids:
+        settle = False
+        claimed, ids = _claim(limit=batch_size, now=now)
+        if not claimed:
+            return None
+    keeper.hold(ids)
+    try:
+        return _start(ids, settle=settle)
+    except Exception:
+        keeper.release(ids)
+        raise
 
 
 def dispatch(*, budget_seconds: float = 50, batch_size: int | None = None) -> dict[str, int]:
-    """Send what is due until nothing is left or the time budget is spent. Safe to run in parallel."""
+    """Send what is due until nothing is left or the time budget is spent. Safe to run in parallel.
+
+    Pipelined: while one batch is with the providers, the previous one is recorded and the
+    next one claimed, re-checked and rendered, so that the providers' connections do not sit
+    idle while the database works. At most two batches are claimed and unrecorded at once,
+    both leased (and renewed) all along: a worker that dies leaves them to be settled by lookup.
+    """
     batch_size = batch_size or settings.DELIVERY_BATCH_SIZE
     started = time.monotonic()
     totals = defaultdict(int)
-    while time.monotonic() - started < budget_seconds:
-        now = timezone.now()
-        expired = claim_expired(limit=batch_size, now=now)
-        if expired:
-            for key, value in process(expired, settle=True).items():
-                totals[key] += value
-            continue
-        claimed, ids = _claim(limit=batch_size, now=now)
-        if not claimed:
-            break
-        for key, value in process(ids).items():
-            totals[key] += value
+    keeper = LeaseKeeper()
+    keeper.start()
+    in_flight: _Sending | None = None
+    try:
+        while True:
+            upcoming = None
+            if time.monotonic() - started < budget_seconds:
+                upcoming = _claim_next(batch_size=batch_size, keeper=keeper)
+            current, in_flight = in_flight, upcoming
+            if current is not None:
+                try:
+                    outcome = _finish(current)
+                finally:
+                    keeper.release(current.ids)
+                for key, value in outcome.items():
+                    totals[key] += value
+            if in_flight is None:
+                break
+    except Exception:
+        if in_flight is not None:
+            # Let what is on the wire come back and record it; left sending, it would wait for
+            # its lease to run out and be settled by lookup.
+            try:
+                _finish(in_flight)
+            except Exception:
+                logger.exception("could not record a batch of %d after an error", len(in_flight.ids))
+        raise
+    finally:
+        keeper.stop()
     return dict(totals)

@@ -5,7 +5,8 @@ the outcome. A provider:
 
 - sends a batch of :class:`OutgoingMessage` and returns one :class:`SendResult` per message,
   classifying each failure as permanent (the delivery fails with the provider's reason) or
-  temporary (retried with backoff);
+  temporary (retried with backoff), either at once (``send_batch``) or in the background,
+  answering when asked (``start_batch``);
 - can say which messages of a batch it already accepted (``lookup``), so a delivery left in
   ``sending`` by a crashed worker is settled instead of sent twice;
 - turns its webhooks into :class:`DeliveryEvent` objects, the one event type the delivery
@@ -14,6 +15,7 @@ the outcome. A provider:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -82,6 +84,10 @@ class Provider:
     channel = ""
     # True when ``lookup`` can tell whether a message was already accepted.
     supports_lookup = False
+    # True when ``start_batch`` returns before the provider answered (it sends from threads
+    # of its own) and ``lookup`` finds every message it sent: the dispatcher then prepares
+    # and records other batches meanwhile, and may die with two batches sent and unrecorded.
+    sends_in_background = False
 
     def send_batch(self, messages: list[OutgoingMessage]) -> list[SendResult]:
         results = []
@@ -93,6 +99,16 @@ class Provider:
             else:
                 results.append(SendResult(message.delivery_id, True, provider_message_id=provider_id))
         return results
+
+    def start_batch(self, messages: list[OutgoingMessage]) -> Callable[[], list[SendResult]]:
+        """Start sending ``messages``; returns a function that waits for their results.
+
+        The default sends them at once, on the caller's thread (the sandbox writes through
+        the caller's database connection). A provider that ``sends_in_background`` returns
+        before the answers are in.
+        """
+        results = self.send_batch(messages)
+        return lambda: results
 
     def send_one(self, message: OutgoingMessage) -> str:
         """Send one message; return the provider's message id or raise :class:`ProviderError`."""

@@ -9,6 +9,8 @@ makes the ``StatusCallback`` URL Twilio reports delivery to (``campaigns.webhook
 A batch is sent concurrently: ``DELIVERY_CONCURRENCY`` threads share one keep-alive
 ``httpx.Client`` per process, kept across batches (the dispatcher asks for a provider per
 batch, and a TLS handshake per batch would cost more than the batch's requests).
+``start_batch`` queues the requests on those threads and returns at once; for SMS the
+dispatcher uses it to record one batch and prepare the next while this one is on the wire.
 
 Outcomes: 2xx → sent, with Twilio's SID as the provider message id. 429 and 5xx → temporary
 (``Retry-After`` honoured). 401/403 → temporary too, so fixing the credentials lets the
@@ -39,6 +41,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -174,8 +177,14 @@ class TwilioProvider(Provider):
         return settings.SITE_URL + reverse("tracking:twilio-status")
 
     def send_batch(self, messages: list[OutgoingMessage]) -> list[SendResult]:
+        return self.start_batch(messages)()
+
+    def start_batch(self, messages: list[OutgoingMessage]) -> Callable[[], list[SendResult]]:
+        """Queue a create request per message on the shared pool and return at once; the
+        function returned waits for the answers. A batch started while another is still
+        sending queues behind it, so the connections stay busy between batches."""
         if not messages:
-            return []
+            return list
         config = _config()
         client, pool = _transport(config)
         path = self._path(config, self.resource)
@@ -185,7 +194,20 @@ class TwilioProvider(Provider):
             params = self.params(message)
             params["StatusCallback"] = callback
             prepared.append((message, params))
-        return list(pool.map(lambda item: self._send(client, config, path, *item), prepared))
+        futures = [(message, pool.submit(self._send, client, config, path, message, params))
+                   for message, params in prepared]
+
+        def results() -> list[SendResult]:
+            answered = []
+            for message, future in futures:
+                try:
+                    answered.append(future.result())
+                except Exception as exc:  # a bug, not an answer: this message is retried later
+                    logger.exception("sending delivery %s to Twilio failed", message.delivery_id)
+                    answered.append(SendResult(message.delivery_id, False, error=f"provider error: {exc}"))
+            return answered
+
+        return results
 
     def _send(self, client: httpx.Client, config: _Config, path: str, message: OutgoingMessage,
               params: dict[str, str]) -> SendResult:
@@ -324,6 +346,9 @@ def _sender(setting: str) -> dict[str, str]:
 
 class TwilioSMS(TwilioProvider):
     channel = "sms"
+    # Every SMS has a body to find it by after a crash. (WhatsApp Content templates and calls
+    # cannot be found, so those keep to one batch sent and unrecorded at a time.)
+    sends_in_background = True
 
     def params(self, message: OutgoingMessage) -> dict[str, str]:
         return {"To": message.to, **_sender("TWILIO_SMS_FROM"), "Body": message.content.get("body", "")}
