@@ -130,6 +130,7 @@ def load(base: str, conninfo: str, paths: list[str], seconds: float, label: str,
     figures["rate"] = round(figures["requests"] / figures["seconds"])
     figures["errors"] = sum(figures[k] for k in ("connect", "read", "write", "status", "timeout"))
     figures["issued_total"] = sum(figures["issued"])
+    figures["distinct"] = len(used(paths, figures))
     figures["cores"] = cores
     figures["server_cpu_us_per_request"] = round(meter.seconds["server"] * 1e6 / max(1, figures["requests"]), 1)
     figures["postgres_cpu_us_per_request"] = round(meter.seconds["postgres"] * 1e6 / max(1, figures["requests"]), 1)
@@ -153,28 +154,11 @@ def sent_campaign(conninfo: str, customers: int) -> tuple[int, list[int], int]:
     from bench import realtime
     from campaigns import links
     from campaigns.models import DeliveryStatus
-    from campaigns.services.compose import CampaignInput, VariantInput, campaign_create
-    from campaigns.services.lifecycle import campaign_launch
     from campaigns.transitions import deliveries_transition
-    from segments.services import segment_create
 
     realtime.generate(conninfo, customers)
-    segment = segment_create(name="Everyone", static=True, actor="bench")
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        size = conn.execute(
-            "INSERT INTO segments_segmentmembership (segment_id, customer_id, entered_at) "
-            "SELECT %s, id, now() FROM customers_customer", [segment.pk],
-        ).rowcount
-        conn.execute("UPDATE segments_segment SET member_count = %s WHERE id = %s", [size, segment.pk])
-    campaign = campaign_create(
-        data=CampaignInput(
-            name="Spring sale", topic="newsletter", channels=["email"], segment_ids=[segment.pk], strategy="all",
-            variants=[VariantInput(key="A", content={"email": realtime.CONTENT})],
-        ),
-        actor="bench",
-    )
     started = time.perf_counter()
-    campaign_launch(campaign=campaign, actor="bench")
+    campaign, _ = realtime.launched_campaign(conninfo)
     with transaction.atomic():
         now = timezone.now()
         sent = deliveries_transition(
@@ -252,11 +236,14 @@ def exact(label: str, before: dict, after: dict, kind: str, run: dict | None, al
         common.log(f"  {label}: {delta} new {kind} (at most {allowed}, the tokens issued as the first phase ended "
                    f"and never answered); stamps = counters = timeline: {agree}")
         return ok
-    ok = run["issued_total"] >= delta >= run["requests"] and agree
-    common.log(f"  {label}: {run['issued_total']:,} issued ≥ {delta:,} counted ≥ {run['requests']:,} answered: "
-               f"{run['issued_total'] >= delta >= run['requests']}; stamps {after[kind]:,} = counters "
+    # When a load outran the token list it came round to tokens it had used: those repeats
+    # are answered and rightly not counted.
+    distinct, repeats = run["distinct"], run["issued_total"] - run["distinct"]
+    bounds = distinct >= delta >= run["requests"] - repeats
+    common.log(f"  {label}: {distinct:,} distinct tokens issued ≥ {delta:,} counted ≥ {run['requests']:,} answered"
+               + (f" − {repeats:,} repeats" if repeats else "") + f": {bounds}; stamps {after[kind]:,} = counters "
                f"{after[f'counter_{kind}']:,} = timeline {after[f'events_{kind}']:,}: {agree}")
-    return ok
+    return bounds and agree
 
 
 def main() -> None:
