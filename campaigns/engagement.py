@@ -40,8 +40,8 @@ WRITERS = 4
 DRAIN_BATCH = 5000
 # A burst, for the drainer: this process accepting more hits a second than this, with a backlog.
 BUSY_HITS_PER_SECOND = 1000
-BURST_SHARE = 0.1
-BURST_BATCH = 1000
+BURST_SHARE = 0.05
+BURST_BATCH = 500
 
 PREPARE = (
     "PREPARE engagement_hits (bigint[], text[]) AS "
