@@ -27,18 +27,16 @@ from django.conf import settings
 from django.db import OperationalError, close_old_connections, connection, transaction
 from psycopg import generators, pq
 
-from .models import DeliveryStatus
 from .services.delivery_events import engagement_apply_claimed
 
 logger = logging.getLogger(__name__)
 
-KINDS = frozenset({DeliveryStatus.OPENED.value, DeliveryStatus.CLICKED.value})
 # Hits one recorder statement writes at most, and statements in flight at once per process;
 # one drain applies at most DRAIN_BATCH.
 WRITE_BATCH = 5000
 WRITERS = 4
 DRAIN_BATCH = 5000
-# A burst, for the drainer: this process accepting more hits a second than this, with a backlog.
+# A burst, for the drainer: this process accepting more hits a second than this.
 BUSY_HITS_PER_SECOND = 1000
 BURST_SHARE = 0.05
 BURST_BATCH = 500
@@ -69,8 +67,7 @@ def engagement_drain(*, limit: int = DRAIN_BATCH) -> int:
             # takes every later one with it, so the hits would just be applied again: this
             # commit need not wait for the disk, and the recorders' commits wait less.
             cursor.execute("SET LOCAL synchronous_commit TO off")
-        claimed, _ = engagement_apply_claimed(claim=CLAIM, params={"limit": limit})
-    return claimed
+        return engagement_apply_claimed(claim=CLAIM, params={"limit": limit})
 
 
 def engagement_drain_all(*, budget_seconds: float = 30.0) -> int:
@@ -189,9 +186,6 @@ class Recorder:
             self._second, self._this_second = second, 0
         self._this_second += hits
 
-    def already_recorded(self, delivery_id: int, kind: str) -> bool:
-        return (delivery_id, kind) in self._seen
-
     def _bind(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
@@ -200,6 +194,8 @@ class Recorder:
         return loop
 
     async def record(self, delivery_id: int, kind: str) -> bool:
+        if (delivery_id, kind) in self._seen:
+            return True  # stored already: a mail client loading the pixel again
         loop = self._bind()
         future = loop.create_future()
         self._pending.append((delivery_id, kind, future))

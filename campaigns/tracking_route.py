@@ -22,6 +22,8 @@ from django.core import signing
 from django.core.signals import setting_changed
 from django.http.request import split_domain_port, validate_host
 
+from core.hosts import allowed_hosts
+
 from . import links
 from .engagement import drainer, recorder
 from .models import DeliveryStatus
@@ -30,6 +32,7 @@ from .tracking import PIXEL, token_ids
 logger = logging.getLogger(__name__)
 
 OPEN_PREFIX, OPEN_SUFFIX, CLICK_PREFIX = "/t/o/", ".gif", "/t/c/"
+OPENED, CLICKED = DeliveryStatus.OPENED.value, DeliveryStatus.CLICKED.value
 # What Django's never_cache and security middleware send with these answers.
 NO_STORE = b"max-age=0, no-cache, no-store, must-revalidate, private"
 
@@ -67,7 +70,7 @@ class TrackingRoute:
         if not self._acceptable(scope):
             return False
         ids = self._verified(token, "open", 1)
-        if ids is not None and scope["method"] == "GET" and not recorder.already_recorded(ids[0], OPENED):
+        if ids is not None and scope["method"] == "GET":
             # Whether or not the queue took it, the reader sees the image: a lost open (logged
             # by the recorder) is better than a broken picture in someone's inbox.
             await recorder.record(ids[0], OPENED)
@@ -88,9 +91,8 @@ class TrackingRoute:
             if url is None:
                 return False  # no such link (or no database): Django answers as it always did
             self._learn_link(link_id, url)
-        if scope["method"] == "GET" and not recorder.already_recorded(delivery_id, CLICKED):
-            if not await recorder.record(delivery_id, CLICKED):
-                return False  # the queue could not take it: Django records it directly or fails visibly
+        if scope["method"] == "GET" and not await recorder.record(delivery_id, CLICKED):
+            return False  # the queue could not take it: Django records it directly or fails visibly
         location = (b"location", url.encode("latin-1"))
         await self._answer(scope, send, 302, [*self._redirect_headers, location], b"")
         return True
@@ -109,7 +111,7 @@ class TrackingRoute:
             return
         self._ready = True
         self._hosts = {}
-        self._allowed_hosts = settings.ALLOWED_HOSTS or ([".localhost", "127.0.0.1", "[::1]"] if settings.DEBUG else [])
+        self._allowed_hosts = allowed_hosts()
         self._ssl_redirect = settings.SECURE_SSL_REDIRECT
         self._proxy_ssl_header = None
         if settings.SECURE_PROXY_SSL_HEADER:
@@ -177,5 +179,3 @@ class TrackingRoute:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-
-OPENED, CLICKED = DeliveryStatus.OPENED.value, DeliveryStatus.CLICKED.value

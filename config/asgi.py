@@ -25,6 +25,7 @@ from django.http.request import is_same_domain, split_domain_port, validate_host
 
 from campaigns.tracking_route import TrackingRoute  # noqa: E402
 from config.routing import websocket_urlpatterns  # noqa: E402
+from core.hosts import allowed_hosts  # noqa: E402
 
 
 def origin_allowed(scope) -> bool:
@@ -41,8 +42,7 @@ def origin_allowed(scope) -> bool:
         return False
     host = headers.get(b"host", b"").decode("latin1")
     domain, _ = split_domain_port(host)
-    allowed_hosts = settings.ALLOWED_HOSTS or ([".localhost", "127.0.0.1", "[::1]"] if settings.DEBUG else [])
-    if domain and validate_host(domain, allowed_hosts):
+    if domain and validate_host(domain, allowed_hosts()):
         scheme = "https" if scope.get("scheme") in ("wss", "https") else "http"
         if origin == f"{scheme}://{host}":
             return True

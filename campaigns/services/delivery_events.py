@@ -118,10 +118,10 @@ def _milestones_apply(now: datetime) -> int:
     ).events
 
 
-def engagement_apply_claimed(*, claim: str, params: dict) -> tuple[int, int]:
+def engagement_apply_claimed(*, claim: str, params: dict) -> int:
     """Apply the opens and clicks that ``claim`` takes: a data-modifying statement returning
-    ``(delivery_id, kind, at)`` rows, such as a DELETE from a queue. Returns (rows claimed,
-    metrics changed). Call inside a transaction: the claim and its effects commit together.
+    ``(delivery_id, kind, at)`` rows, such as a DELETE from a queue. Returns how many rows it
+    claimed. Call inside a transaction: the claim and its effects commit together.
     """
     with connection.cursor() as cursor:
         _incoming_reset(cursor)
@@ -137,7 +137,9 @@ def engagement_apply_claimed(*, claim: str, params: dict) -> tuple[int, int]:
             params,
         )
         claimed = cursor.fetchone()[0]
-    return claimed, (_milestones_apply(timezone.now()) if claimed else 0)
+    if claimed:
+        _milestones_apply(timezone.now())
+    return claimed
 
 
 def engagement_record(*, delivery_id: int, kind: str, at: datetime | None = None) -> int:
