@@ -113,13 +113,7 @@ def test_clicking_leaves_a_no_click_segment_before_the_redirect_returns(readers)
 @pytest.fixture
 def twilio(settings):
     with FakeTwilio() as fake:
-        settings.PROVIDERS = {**settings.PROVIDERS, "sms": "twilio"}
-        settings.TWILIO_API_BASE = fake.url
-        settings.TWILIO_ACCOUNT_SID = fake.account_sid
-        settings.TWILIO_AUTH_TOKEN = fake.auth_token
-        settings.TWILIO_SMS_FROM = SMS_FROM
-        settings.TWILIO_MESSAGING_SERVICE_SID = ""
-        settings.SITE_URL = SITE
+        fake.configure(settings, sms_from=SMS_FROM, site_url=SITE)
         yield fake
 
 

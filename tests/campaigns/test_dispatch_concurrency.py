@@ -23,13 +23,7 @@ CUSTOMERS = 20
 def twilio(settings):
     """A fake Twilio slow enough that both workers' batches are in flight together."""
     with FakeTwilio(latency=0.5) as fake:
-        settings.PROVIDERS = {**settings.PROVIDERS, "sms": "twilio"}
-        settings.TWILIO_API_BASE = fake.url
-        settings.TWILIO_ACCOUNT_SID = fake.account_sid
-        settings.TWILIO_AUTH_TOKEN = fake.auth_token
-        settings.TWILIO_SMS_FROM = "+15005550006"
-        settings.TWILIO_MESSAGING_SERVICE_SID = ""
-        settings.SITE_URL = "https://switchboard.example.com"
+        fake.configure(settings)
         yield fake
 
 

@@ -27,13 +27,7 @@ SMS_FROM = "+15005550006"
 def twilio(settings):
     """A fake Twilio slow enough that a batch is still on the wire when the next is claimed."""
     with FakeTwilio(latency=0.05) as fake:
-        settings.PROVIDERS = {**settings.PROVIDERS, "sms": "twilio"}
-        settings.TWILIO_API_BASE = fake.url
-        settings.TWILIO_ACCOUNT_SID = fake.account_sid
-        settings.TWILIO_AUTH_TOKEN = fake.auth_token
-        settings.TWILIO_SMS_FROM = SMS_FROM
-        settings.TWILIO_MESSAGING_SERVICE_SID = ""
-        settings.SITE_URL = "https://switchboard.example.com"
+        fake.configure(settings, sms_from=SMS_FROM)
         settings.QUIET_HOURS = (time(0, 0), time(23, 59, 59, 999999))
         yield fake
 

@@ -34,15 +34,9 @@ INBOUND_PATH = "/webhooks/twilio/inbound"
 def twilio(settings):
     """A fake Twilio, and settings that send SMS, WhatsApp and voice through it."""
     with FakeTwilio() as fake:
-        settings.PROVIDERS = {**settings.PROVIDERS, "sms": "twilio", "whatsapp": "twilio", "voice": "twilio"}
-        settings.TWILIO_API_BASE = fake.url
-        settings.TWILIO_ACCOUNT_SID = fake.account_sid
-        settings.TWILIO_AUTH_TOKEN = fake.auth_token
-        settings.TWILIO_SMS_FROM = SMS_FROM
+        fake.configure(settings, channels=("sms", "whatsapp", "voice"), sms_from=SMS_FROM, site_url=SITE)
         settings.TWILIO_WHATSAPP_FROM = WHATSAPP_FROM
         settings.TWILIO_VOICE_FROM = SMS_FROM
-        settings.TWILIO_MESSAGING_SERVICE_SID = ""
-        settings.SITE_URL = SITE
         # Whatever the hour the tests run at, marketing is not deferred by quiet hours.
         settings.QUIET_HOURS = (time(0, 0), time(23, 59, 59, 999999))
         yield fake

@@ -97,6 +97,18 @@ class FakeTwilio:
         # client port → when it last sent a request (lets a benchmark catch a worker mid-send)
         self._last_request: dict[int, float] = {}
 
+    def configure(self, settings, *, channels=("sms",), sms_from: str = "+15005550006",
+                  site_url: str = "https://switchboard.example.com") -> None:
+        """Point Django's ``settings`` (pytest-django's fixture) at this fake for ``channels``,
+        sending SMS from ``sms_from``, with status callbacks under ``site_url``."""
+        settings.PROVIDERS = {**settings.PROVIDERS, **{channel: "twilio" for channel in channels}}
+        settings.TWILIO_API_BASE = self.url
+        settings.TWILIO_ACCOUNT_SID = self.account_sid
+        settings.TWILIO_AUTH_TOKEN = self.auth_token
+        settings.TWILIO_SMS_FROM = sms_from
+        settings.TWILIO_MESSAGING_SERVICE_SID = ""
+        settings.SITE_URL = site_url
+
     # --- State, readable from tests --------------------------------------------------------
 
     def reset(self) -> None:
