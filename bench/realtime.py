@@ -179,6 +179,16 @@ def launched_campaign(conninfo: str):
     return campaign, time.perf_counter() - started
 
 
+def sent_ids(conninfo: str, campaign_id: int) -> list[int]:
+    """The campaign's sent deliveries, in id order; the tables analysed for what comes next."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        ids = [row[0] for row in conn.execute(
+            "SELECT id FROM campaigns_delivery WHERE campaign_id = %s AND status = 'sent' ORDER BY id", [campaign_id]
+        )]
+        conn.execute("VACUUM ANALYZE")
+    return ids
+
+
 def sent_campaign(conninfo: str) -> tuple[int, list[int]]:
     """An email campaign to everyone, launched and dispatched through the sandbox; its sent delivery ids."""
     from campaigns import dispatch
@@ -186,11 +196,7 @@ def sent_campaign(conninfo: str) -> tuple[int, list[int]]:
     campaign, launched = launched_campaign(conninfo)
     started = time.perf_counter()
     totals = dispatch.dispatch(budget_seconds=900)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        ids = [row[0] for row in conn.execute(
-            "SELECT id FROM campaigns_delivery WHERE campaign_id = %s AND status = 'sent' ORDER BY id", [campaign.pk]
-        )]
-        conn.execute("VACUUM ANALYZE")
+    ids = sent_ids(conninfo, campaign.pk)
     common.log(f"campaign {campaign.pk}: launched in {launched:.1f} s, {len(ids):,} emails sent through the sandbox "
                f"in {time.perf_counter() - started:.1f} s ({totals})")
     return campaign.pk, ids

@@ -167,11 +167,7 @@ def sent_campaign(conninfo: str, customers: int) -> tuple[int, list[int], int]:
             params={"campaign": campaign.pk}, sets={"sent_at": "%(now)s", "provider": "'sandbox'"},
         ).changed
     link_id = links.links_store({"https://shop.example.com/sale"})["https://shop.example.com/sale"]
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        ids = [row[0] for row in conn.execute(
-            "SELECT id FROM campaigns_delivery WHERE campaign_id = %s AND status = 'sent' ORDER BY id", [campaign.pk]
-        )]
-        conn.execute("VACUUM ANALYZE")
+    ids = realtime.sent_ids(conninfo, campaign.pk)
     common.log(f"campaign {campaign.pk}: {sent:,} deliveries launched and marked sent in "
                f"{time.perf_counter() - started:.1f} s; link {link_id}")
     return campaign.pk, ids, link_id
