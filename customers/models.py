@@ -6,7 +6,7 @@ from django.contrib.postgres.indexes import BrinIndex, GinIndex, OpClass
 from django.db import connection, models
 from django.db.models import Q
 from django.db.models.expressions import RawSQL
-from django.db.models.functions import Lower, Upper
+from django.db.models.functions import Lower, Reverse, Upper
 from django.utils import timezone as tz
 
 from .validation import EARLIEST, LATEST
@@ -50,13 +50,16 @@ class CustomerQuerySet(models.QuerySet):
         parts = term.split()
         if len(parts) == 2:
             query |= Q(first_name__iexact=parts[0], last_name__istartswith=parts[1])
-        digits = "".join(ch for ch in term if ch.isdigit())
-        if len(digits) >= 4:
-            # Numbers are stored as E.164; people type them in many ways, so match the digits.
-            query |= Q(phone__contains=digits)
+        # Numbers are stored as E.164 (+33612345678) and typed in many ways: 06 12 34 56 78,
+        # +33 6 12 34 56 78, 0033 612…, (415) 555-0123, or just the last digits. Without the
+        # leading zeros (a trunk or international prefix), the typed digits are a suffix of the
+        # stored number, found through an index on the reversed number.
+        tail = "".join(ch for ch in term if ch.isdigit()).lstrip("0")
+        if len(tail) >= 4:
+            query |= Q(phone_reversed__startswith=tail[::-1])
         if term.isdigit():
             query |= Q(pk=int(term))
-        return self.filter(query)
+        return self.alias(phone_reversed=Reverse("phone")).filter(query)
 
     def reachable_on(self, channel: str):
         """Customers reachable on ``channel``, as ``customers.reachability`` defines it."""
@@ -96,6 +99,8 @@ class Customer(models.Model):
         ]
         indexes = [
             models.Index(fields=["phone"], name="customer_phone_idx", condition=~Q(phone="")),
+            # Search by the last digits of a number, however it was typed (see search()).
+            models.Index(OpClass(Reverse("phone"), name="text_pattern_ops"), name="customer_phone_suffix_idx"),
             models.Index(fields=["lifecycle_stage"], name="customer_stage_idx"),
             models.Index(fields=["email"], name="customer_email_prefix_idx", opclasses=["varchar_pattern_ops"]),
             models.Index(OpClass(Upper("last_name"), name="text_pattern_ops"), name="customer_last_name_idx"),
