@@ -251,6 +251,11 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
 
+# A segment's full computation (on create, on a rule change) runs as a background task, or
+# within the request when there are at most this many customers (the wait for a worker would
+# be longer than the work). -1 always uses the background.
+SEGMENT_COMPUTE_INLINE_CUSTOMERS = int(os.environ.get("SEGMENT_COMPUTE_INLINE_CUSTOMERS", "20000"))
+
 # Live dashboards: each process publishes a changed group at most this often (seconds), and
 # each open dashboard receives at most one push per DASHBOARD_PUSH_INTERVAL.
 DASHBOARD_PUBLISH_INTERVAL = float(os.environ.get("DASHBOARD_PUBLISH_INTERVAL", "0.05"))

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import Prefetch, Q
+from django.db.models import Prefetch
 from django.http import Http404
 
+from . import timeline
 from .models import ChannelKind, Consent, ConsentState, Customer, Event, EventCategory, Subscription, Topic
 from .roles import can_view_customers
 
@@ -123,16 +124,30 @@ class TimelinePage:
 def timeline_page(
     customer_id: int, *, limit: int = 50, cursor: str | None = None, category: str = "", channel: str = ""
 ) -> TimelinePage:
-    """Newest-first events of one customer, keyset-paginated on (occurred_at, id)."""
-    queryset = Event.objects.filter(customer_id=customer_id)
+    """Newest-first events of one customer, keyset-paginated on (occurred_at, id): the rows of
+    the timeline table and of the histories other apps keep (entering and leaving segments)."""
+    where = ["e.customer_id = %(customer)s"]
+    params: dict = {"customer": customer_id, "limit": limit + 1}
     if category:
-        queryset = queryset.filter(category=EventCategory(category))
+        where.append("e.category = %(category)s")
+        params["category"] = EventCategory(category).value
     if channel:
-        queryset = queryset.filter(channel=ChannelKind(channel))
+        where.append("e.channel = %(channel)s")
+        params["channel"] = ChannelKind(channel).value
     if cursor:
-        occurred_at, pk = decode_cursor(cursor)
-        queryset = queryset.filter(Q(occurred_at__lt=occurred_at) | Q(occurred_at=occurred_at, id__lt=pk))
-    events = list(queryset.order_by("-occurred_at", "-id")[: limit + 1])
+        params["at"], params["pk"] = decode_cursor(cursor)
+        where.append("(e.occurred_at < %(at)s OR (e.occurred_at = %(at)s AND e.id < %(pk)s))")
+    columns = ", ".join(f"e.{f.column}" for f in Event._meta.concrete_fields)
+    # Each relation gives its own newest rows (the timeline table through its index), then the
+    # page is the newest of those.
+    branches = " UNION ALL ".join(
+        f"(SELECT {columns} FROM {relation} e WHERE {' AND '.join(where)} "
+        f"ORDER BY e.occurred_at DESC, e.id DESC LIMIT %(limit)s)"
+        for relation in timeline.relations()
+    )
+    events = list(Event.objects.raw(
+        f"SELECT * FROM ({branches}) e ORDER BY e.occurred_at DESC, e.id DESC LIMIT %(limit)s", params
+    ))
     next_cursor = encode_cursor(events[limit - 1]) if len(events) > limit else None
     return TimelinePage(events=events[:limit], next_cursor=next_cursor)
 

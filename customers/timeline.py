@@ -58,6 +58,11 @@ class Change:
     ``fields`` holds the profile fields changed (``email``, ``attributes.plan``) and the
     markers ``subscriptions``, ``consent``, ``channel_status`` and ``devices``; ``created``
     are customers that did not exist before (any rule may now match them).
+
+    Segment entries and exits are on the timeline without being rows of its table (see
+    ``segments.history``): they are in ``by_name`` (``segment.entered``, ``segment.exited``)
+    but not in ``event_ids``, and ``memberships`` says which segment each was for:
+    (name, segment id) → customers.
     """
 
     customer_ids: frozenset[int] = frozenset()
@@ -65,6 +70,7 @@ class Change:
     fields: frozenset[str] = frozenset()
     created: frozenset[int] = frozenset()
     event_ids: dict[str, tuple[int, int]] = field(default_factory=dict)
+    memberships: dict[tuple[str, int], frozenset[int]] = field(default_factory=dict)
 
     @property
     def names(self) -> frozenset[str]:
@@ -88,6 +94,7 @@ class _Pending:
         self.fields: set[str] = set()
         self.created: set[int] = set()
         self.event_ids: dict[str, tuple[int, int]] = {}
+        self.memberships: dict[tuple[str, int], set[int]] = {}
 
     def add(self, customer_ids: Iterable[int], names: Iterable[str] = (), fields: Iterable[str] = (),
             created: Iterable[int] = ()) -> None:
@@ -106,6 +113,13 @@ class _Pending:
         for name, ids in by_name.items():
             self.add(ids, [name])
 
+    def add_memberships(self, memberships: dict[tuple[str, int], Iterable[int]]) -> None:
+        for (name, segment_id), ids in memberships.items():
+            ids = set(ids)
+            if ids:
+                self.add(ids, [name])
+                self.memberships.setdefault((name, segment_id), set()).update(ids)
+
     def add_ids(self, name: str, low: int, high: int) -> None:
         """Rows ``low`` to ``high`` were written under ``name``."""
         known = self.event_ids.get(name)
@@ -118,6 +132,7 @@ class _Pending:
             fields=frozenset(self.fields),
             created=frozenset(self.created),
             event_ids=dict(self.event_ids),
+            memberships={key: frozenset(ids) for key, ids in self.memberships.items()},
         )
 
     def send(self) -> None:
@@ -140,6 +155,7 @@ def _deliver(change: Change) -> None:
         batch.add_by_name(change.by_name)
         for name, (low, high) in change.event_ids.items():
             batch.add_ids(name, low, high)
+        batch.add_memberships(change.memberships)
         return
     # Listeners run after the commit: one that fails is logged and cannot undo the change
     # or stop the others.
@@ -198,6 +214,31 @@ def changed(*, customer_ids: Iterable[int], fields: Iterable[str] = (), created:
     in the current transaction (the timeline rows say what; this says which rules care)."""
     with _collecting() as pending:
         pending.add(customer_ids, fields=fields, created=created)
+
+
+# Histories other apps keep in tables of their own and show on the timeline (entering and
+# leaving segments): SQL relations with the timeline table's columns, registered at startup.
+_sources: list[str] = []
+
+
+def register_source(relation: str) -> None:
+    """Show the rows of ``relation`` (SQL with the columns of the timeline table; ids below 0)
+    on customers' timelines."""
+    if relation not in _sources:
+        _sources.append(relation)
+
+
+def relations() -> list[str]:
+    """The timeline table and every registered source, each usable as ``FROM … e``."""
+    return [TABLE, *_sources]
+
+
+def membership_changed(*, segment_id: int, entered: Iterable[int] = (), exited: Iterable[int] = ()) -> None:
+    """Record that customers entered or left a segment in the current transaction (the
+    segments app keeps that history in tables of its own, read as ``segment.entered`` and
+    ``segment.exited`` on the timeline)."""
+    with _collecting() as pending:
+        pending.add_memberships({("segment.entered", segment_id): entered, ("segment.exited", segment_id): exited})
 
 
 # --- Writing rows from Python --------------------------------------------------------------------

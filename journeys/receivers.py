@@ -81,6 +81,7 @@ def on_customers_changed(sender, change: Change, **kwargs):
         async_task("journeys.tasks.react", {
             "by_name": {name: sorted(ids) for name, ids in change.by_name.items()},
             "event_ids": {name: list(span) for name, span in change.event_ids.items()},
+            "memberships": [[name, segment, sorted(ids)] for (name, segment), ids in change.memberships.items()],
         })
 
 
@@ -179,22 +180,44 @@ def _ranges(change: Change, names: set[str]) -> list[dict]:
     return [{"name": name, "lo": span[0], "hi": span[1]} for name, span in change.event_ids.items() if name in names]
 
 
+def _membership_rows(change: Change, names: set[str]) -> list[dict]:
+    """Segment entries and exits of ``change`` under ``names``, as event rows (they are not
+    rows of the timeline table: see ``segments.history``)."""
+    return [{"customer_id": customer, "name": name, "properties": {"segment_id": segment}}
+            for (name, segment), customers in change.memberships.items() if name in names
+            for customer in customers]
+
+
 def _resume_waits(change: Change, names: set[str], now) -> None:
     ranges = _ranges(change, names)
-    if not ranges:
+    waited = set()
+    if change.memberships:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT DISTINCT event FROM journeys_eventwait WHERE event = ANY(%s)",
+                           [sorted({name for name, _ in change.memberships})])
+            waited = {name for (name,) in cursor.fetchall()}
+    memberships = _membership_rows(change, names & waited)
+    if not ranges and not memberships:
         return
     with connection.cursor() as cursor:
         cursor.execute(
             """
+            WITH ev AS (
+                SELECT e.customer_id, e.name, e.properties, e.id
+                FROM jsonb_to_recordset(%(ranges)s::jsonb) AS r(name text, lo bigint, hi bigint)
+                JOIN customers_event e ON e.name = r.name AND e.id BETWEEN r.lo AND r.hi
+                     AND e.customer_id = ANY(%(customers)s)
+                UNION ALL
+                SELECT m.customer_id, m.name, m.properties, 0
+                FROM jsonb_to_recordset(%(memberships)s::jsonb) AS m(customer_id bigint, name text, properties jsonb)
+            )
             SELECT DISTINCT ON (w.enrollment_id) w.enrollment_id, w.seq, w.node, ev.properties
-            FROM jsonb_to_recordset(%(ranges)s::jsonb) AS r(name text, lo bigint, hi bigint)
-            JOIN journeys_eventwait w ON w.event = r.name AND w.customer_id = ANY(%(customers)s)
-            JOIN customers_event ev ON ev.customer_id = w.customer_id AND ev.name = r.name
-                 AND ev.id BETWEEN r.lo AND r.hi
+            FROM ev JOIN journeys_eventwait w ON w.event = ev.name AND w.customer_id = ev.customer_id
             WHERE w.match_property = '' OR ev.properties ->> w.match_property = w.match_value
             ORDER BY w.enrollment_id, ev.id
             """,
-            {"ranges": json.dumps(ranges), "customers": sorted(change.customer_ids)},
+            {"ranges": json.dumps(ranges), "customers": sorted(change.customer_ids),
+             "memberships": json.dumps(memberships)},
         )
         found = cursor.fetchall()
     items = [executor.Resume(pk, seq, node, "event", {"event": executor.loads(properties)})
@@ -213,43 +236,86 @@ def trigger_event(config: dict) -> str | None:
     return SEGMENT_EVENTS.get(kind)
 
 
-def _start(state: _Running, change: Change, names: set[str], now) -> None:
+def _segment_entries(change: Change, name: str, config: dict, prop: str) -> list[executor.Entry]:
+    """Customers who entered (or left) the trigger's segment in this change."""
+    segment = config["segment"]
+    context = {"segment_id": segment}
+    run_key = str(context.get(prop, "")) if prop else ""
+    return [executor.Entry(customer, dict(context), run_key)
+            for customer in sorted(change.memberships.get((name, segment), ()))]
+
+
+def _history_entries(change: Change, name: str, config: dict, prop: str, now) -> list[executor.Entry]:
+    """An event trigger on ``segment.entered`` / ``segment.exited`` (with its property filters)."""
     from segments.rules import compile_event_filter, validate
 
+    rows = _membership_rows(change, {name})
+    where = config.get("where") or []
+    if where:
+        catalog = graphs.Catalog.load()
+        where = validate({"event": "x", "where": where}, topics=catalog.topics,
+                         segment_ids=catalog.segments)["where"]
+    filter_sql, params = compile_event_filter(where, now=now)
+    params.update(rows=json.dumps(rows), prop=prop)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT DISTINCT ON (e.customer_id, coalesce(e.properties ->> %(prop)s, ''))
+                       e.customer_id, coalesce(e.properties ->> %(prop)s, ''), e.properties
+                FROM jsonb_to_recordset(%(rows)s::jsonb) AS e(customer_id bigint, name text, properties jsonb)
+                WHERE {filter_sql}
+                ORDER BY e.customer_id, coalesce(e.properties ->> %(prop)s, '')""",
+            params,
+        )
+        return [executor.Entry(customer, executor.loads(properties), run_key)
+                for customer, run_key, properties in cursor.fetchall()]
+
+
+def _event_entries(change: Change, name: str, config: dict, prop: str, now) -> list[executor.Entry]:
+    """The trigger's events written in this change, the newest per customer (and re-entry key)."""
+    from segments.rules import compile_event_filter, validate
+
+    where = config.get("where") or []
+    if where:
+        catalog = graphs.Catalog.load()
+        where = validate({"event": "x", "where": where}, topics=catalog.topics,
+                         segment_ids=catalog.segments)["where"]
+    filter_sql, params = compile_event_filter(where, now=now)
+    lo, hi = change.event_ids[name]
+    params.update(name=name, lo=lo, hi=hi, prop=prop, customers=sorted(change.customers_with([name])))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT DISTINCT ON (e.customer_id, coalesce(e.properties ->> %(prop)s, ''))
+                   e.customer_id, coalesce(e.properties ->> %(prop)s, ''), e.properties
+            FROM customers_event e
+            WHERE e.name = %(name)s AND e.id BETWEEN %(lo)s AND %(hi)s AND e.customer_id = ANY(%(customers)s)
+              AND {filter_sql}
+            ORDER BY e.customer_id, coalesce(e.properties ->> %(prop)s, ''), e.id DESC
+            """,
+            params,
+        )
+        return [executor.Entry(customer, executor.loads(properties), run_key)
+                for customer, run_key, properties in cursor.fetchall()]
+
+
+def _start(state: _Running, change: Change, names: set[str], now) -> None:
     for journey_id, (status, version_id) in state.journeys.items():
         if status != Journey.Status.LIVE or version_id not in state.versions:
             continue
         graph = state.versions[version_id][1]
         config = (graphs.trigger(graph) or {}).get("config") or {}
         name = trigger_event(config)
-        if name not in names or name not in change.event_ids:
+        if name not in names:
             continue
-        where = config.get("where") or []
-        if where:
-            catalog = graphs.Catalog.load()
-            where = validate({"event": "x", "where": where}, topics=catalog.topics,
-                             segment_ids=catalog.segments)["where"]
-        filter_sql, params = compile_event_filter(where, now=now)
-        if config.get("kind") in SEGMENT_EVENTS:
-            filter_sql += " AND e.properties -> 'segment_id' = to_jsonb(%(segment)s::int)"
-            params["segment"] = config["segment"]
         prop = ((graph.get("settings") or {}).get("reentry") or {}).get("property") or ""
-        lo, hi = change.event_ids[name]
-        params.update(name=name, lo=lo, hi=hi, prop=prop, customers=sorted(change.customers_with([name])))
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"""
-                SELECT DISTINCT ON (e.customer_id, coalesce(e.properties ->> %(prop)s, ''))
-                       e.customer_id, coalesce(e.properties ->> %(prop)s, ''), e.properties
-                FROM customers_event e
-                WHERE e.name = %(name)s AND e.id BETWEEN %(lo)s AND %(hi)s AND e.customer_id = ANY(%(customers)s)
-                  AND {filter_sql}
-                ORDER BY e.customer_id, coalesce(e.properties ->> %(prop)s, ''), e.id DESC
-                """,
-                params,
-            )
-            entries = [executor.Entry(customer, executor.loads(properties), run_key)
-                       for customer, run_key, properties in cursor.fetchall()]
+        if config.get("kind") in SEGMENT_EVENTS:
+            entries = _segment_entries(change, name, config, prop)
+        elif name in SEGMENT_EVENTS.values():
+            entries = _history_entries(change, name, config, prop, now)
+        elif name in change.event_ids:
+            entries = _event_entries(change, name, config, prop, now)
+        else:
+            continue
         if not entries:
             continue
         journey = Journey.objects.get(pk=journey_id)

@@ -16,6 +16,7 @@ from core.audit import audit
 from core.errors import FieldError, InputError
 from customers.models import Customer
 from customers.validation import format_path, unstorable
+from segments.queries import not_ready_problems
 
 from . import executor, graph as graphs
 from .models import Enrollment, EnrollmentStatus, Journey, JourneyVersion
@@ -182,6 +183,7 @@ def journey_publish(*, journey: Journey, actor: str, mapping: dict[str, str] | N
     found = graphs.problems(journey.draft)
     if found:
         raise _problems_error(found, prefix="draft")
+    _check_trigger_segment_ready(journey.draft, doing="published")
     with transaction.atomic():
         journey = Journey.objects.select_for_update().get(pk=journey.pk)
         lines = migration_preview(journey=journey, mapping=mapping)
@@ -199,6 +201,16 @@ def journey_publish(*, journey: Journey, actor: str, mapping: dict[str, str] | N
         audit(actor=actor, action="journey.published", object_type="journey", object_id=journey.pk,
               details={"version": number, "migrated": moved})
     return version
+
+
+def _check_trigger_segment_ready(graph: dict, *, doing: str) -> None:
+    """Refuse to let customers in from a segment whose members are still being computed:
+    its entries would be the computation's, not customers' changes."""
+    config = (graphs.trigger(graph) or {}).get("config") or {}
+    if config.get("kind") in ("segment_entered", "segment_exited"):
+        problems = not_ready_problems([config.get("segment")], field="trigger.config.segment")
+        if problems:
+            raise InputError(problems, f"Not {doing}: the trigger's segment is not ready yet.")
 
 
 def _migrate(journey: Journey, version: JourneyVersion, lines: list[MigrationLine]) -> dict:
@@ -291,6 +303,8 @@ def journey_pause(*, journey: Journey, actor: str) -> Journey:
 
 
 def journey_resume(*, journey: Journey, actor: str) -> Journey:
+    if journey.live_version_id:
+        _check_trigger_segment_ready(journey.live_version.graph, doing="resumed")
     return _set_status(journey, to=Status.LIVE, allowed={Status.PAUSED}, action="resumed", actor=actor)
 
 
@@ -382,9 +396,8 @@ def _entrants(graph: dict, now: datetime) -> tuple[str, str, dict]:
         return ("""SELECT m.customer_id, '' AS run_key, '{}'::jsonb AS context FROM segments_segmentmembership m
                    WHERE m.segment_id = %(segment)s""", "the segment's members now", {"segment": config["segment"]})
     if kind == "segment_exited":
-        return ("""SELECT DISTINCT e.customer_id, '' AS run_key, '{}'::jsonb AS context FROM customers_event e
-                   WHERE e.name = 'segment.exited' AND e.occurred_at >= %(since)s
-                     AND e.properties -> 'segment_id' = to_jsonb(%(segment)s::int)""",
+        return ("""SELECT DISTINCT p.customer_id, '' AS run_key, '{}'::jsonb AS context FROM segments_pastmembership p
+                   WHERE p.segment_id = %(segment)s AND p.exited_at >= %(since)s""",
                 "customers who left the segment in the last 24 hours", {"segment": config["segment"], "since": since})
     if kind == "date":
         return (f"""WITH {ZONES_SQL}

@@ -45,6 +45,7 @@ def react(change: dict) -> None:
         customer_ids=frozenset(pk for ids in change["by_name"].values() for pk in ids),
         by_name={name: frozenset(ids) for name, ids in change["by_name"].items()},
         event_ids={name: tuple(span) for name, span in change.get("event_ids", {}).items()},
+        memberships={(name, segment): frozenset(ids) for name, segment, ids in change.get("memberships", [])},
     )
     receivers.react(rebuilt, {name for name in rebuilt.names if not name.startswith("journey.")})
 

@@ -10,12 +10,12 @@ class SegmentAdmin(admin.ModelAdmin):
     Memberships have a composite primary key, which admin cannot list; the segment pages
     and the API show them."""
 
-    list_display = ("name", "kind", "member_count", "computed_at", "changed_at", "last_full_ms", "last_lag_ms")
-    list_filter = ("kind",)
+    list_display = ("name", "kind", "status", "member_count", "computed_at", "changed_at", "last_full_ms", "last_lag_ms")
+    list_filter = ("kind", "status")
     search_fields = ("name", "description")
     readonly_fields = (
-        "kind", "rules", "compiled", "dependencies", "member_count", "computed_at", "changed_at", "swept_at",
-        "last_full_ms", "last_lag_ms", "created_by", "created_at", "updated_at",
+        "kind", "rules", "compiled", "dependencies", "status", "compute_phase", "compute_error", "member_count",
+        "computed_at", "changed_at", "swept_at", "last_full_ms", "last_lag_ms", "created_by", "created_at", "updated_at",
     )
     fields = ("name", "description", *readonly_fields)
 

@@ -42,12 +42,23 @@ class SegmentUpdateIn(Schema):
     rules: dict[str, Any] | None = None
 
 
+class ProgressOut(Schema):
+    phase: str = Field(..., description="queued, evaluating or writing")
+    percent: int | None = Field(None, description="Estimated from the last computation; null with nothing to go by")
+    seconds_left: float | None = None
+    started_at: datetime | None = None
+
+
 class SegmentOut(Schema):
     id: int
     name: str
     description: str
     kind: str
     rules: dict[str, Any] | None
+    status: str = Field(..., description="ready; computing (members are being computed in the background: "
+                                         "see progress); failed (see error; the members are the previous ones)")
+    progress: ProgressOut | None = Field(None, description="While computing")
+    error: str | None = Field(None, description="Why the last computation failed")
     member_count: int
     computed_at: datetime | None
     changed_at: datetime | None
@@ -55,6 +66,18 @@ class SegmentOut(Schema):
     last_lag_ms: int | None
     created_at: datetime
     updated_at: datetime
+
+    @staticmethod
+    def resolve_progress(segment: Segment) -> dict | None:
+        progress = segment.progress()
+        if progress is None:
+            return None
+        return {"phase": progress.phase, "percent": progress.percent, "seconds_left": progress.seconds_left,
+                "started_at": segment.compute_started_at}
+
+    @staticmethod
+    def resolve_error(segment: Segment) -> str | None:
+        return segment.compute_error if segment.status == Segment.Status.FAILED else None
 
 
 class PreviewIn(Schema):
@@ -132,7 +155,9 @@ def _segment(segment_id: int) -> Segment:
 
 @router.post("/segments", response={201: SegmentOut, **ERRORS}, summary="Create a segment")
 def segment_create(request, payload: SegmentIn):
-    """A dynamic segment is computed at once and kept up to date as customers change."""
+    """A dynamic segment's members are computed in the background: the answer comes at once,
+    with ``"status": "computing"`` and progress until they are ready (read the segment again to
+    follow it). It is then kept up to date as customers change."""
     segment = services.segment_create(
         name=payload.name, rules=payload.rules, static=payload.static, description=payload.description,
         actor=api_actor(request),
@@ -152,7 +177,9 @@ def segment_detail(request, segment_id: int):
 
 @router.put("/segments/{int:segment_id}", response={200: SegmentOut, **ERRORS}, summary="Change a segment")
 def segment_update(request, segment_id: int, payload: SegmentUpdateIn):
-    """Changed rules are applied at once: members who no longer match leave, new matches enter."""
+    """Changed rules recompute the members in the background (``"status": "computing"``), and
+    supersede a computation still running; then members who no longer match have left and
+    new matches have entered."""
     return services.segment_update(
         segment=_segment(segment_id), actor=api_actor(request), name=payload.name, rules=payload.rules,
         description=payload.description,

@@ -5,4 +5,8 @@ class SegmentsConfig(AppConfig):
     name = "segments"
 
     def ready(self) -> None:
-        from . import receivers  # noqa: F401  (connects the real-time receivers)
+        from customers import timeline
+
+        from . import history, receivers  # noqa: F401  (connects the real-time receivers)
+
+        timeline.register_source(history.EVENTS_SQL)

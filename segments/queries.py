@@ -7,13 +7,15 @@ from datetime import datetime, timedelta
 
 from django.core.exceptions import PermissionDenied
 from django.db import connection, transaction
-from django.db.models import OuterRef, Subquery
+from django.db.models import OuterRef, Subquery, prefetch_related_objects
 from django.http import Http404
 from django.utils import timezone
 
 from customers.models import Customer, Event, Topic
+from core.errors import FieldError
 from customers.roles import can_use_marketing, can_view_customers
 
+from . import history
 from . import rules as rule_language
 from .models import Segment, SegmentMembership, SegmentSize
 
@@ -28,6 +30,27 @@ def segment_get_for_user(*, user, segment_id: int) -> Segment:
     if segment is None:
         raise Http404("No such segment.")
     return segment
+
+
+def not_ready_problems(segment_ids, *, field: str) -> list[FieldError]:
+    """A problem for each of ``segment_ids`` whose members are not ready to be used: being
+    computed (saying when it should be done) or left by a failed computation."""
+    problems = []
+    for segment in Segment.objects.filter(pk__in=list(segment_ids)).exclude(status=Segment.Status.READY).order_by("name"):
+        if segment.status == Segment.Status.FAILED:
+            problems.append(FieldError(field, f"segment “{segment.name}”: its last computation failed "
+                                              f"({segment.compute_error}); recompute it first"))
+            continue
+        progress = segment.progress()
+        if progress and progress.seconds_left:
+            when = f"ready in about {max(1, round(progress.seconds_left)):,} s"
+        elif progress and progress.percent is not None:
+            when = "ready in a moment"
+        else:
+            when = "ready once a worker has computed it"
+        problems.append(FieldError(field, f"segment “{segment.name}” is still being computed ({when}); "
+                                          "start once it is ready"))
+    return problems
 
 
 def segments_with_trend():
@@ -83,12 +106,17 @@ def segment_members_page(segment: Segment, *, limit: int = 50, cursor: int | Non
 
 
 def segment_recent_changes(segment: Segment, *, limit: int = 20) -> list[Event]:
-    """The latest customers who entered or left the segment."""
-    return list(
-        Event.objects.filter(category="segment", properties__segment_id=segment.pk)
-        .select_related("customer")
-        .order_by("-occurred_at", "-id")[:limit]
-    )
+    """The latest customers who entered or left the segment, as timeline events."""
+    events = _history(history.events_sql("h.segment_id = %(segment)s", limit="%(limit)s"),
+                      {"segment": segment.pk, "limit": limit})
+    prefetch_related_objects(events, "customer")
+    return events
+
+
+def _history(relation: str, params: dict) -> list[Event]:
+    return list(Event.objects.raw(
+        f"SELECT * FROM {relation} e ORDER BY e.occurred_at DESC, e.id DESC LIMIT %(limit)s", params
+    ))
 
 
 def segment_sizes(segment: Segment, *, days: int = 30) -> list[SegmentSize]:
@@ -103,9 +131,9 @@ def customer_segments(customer_id: int) -> list[SegmentMembership]:
 
 
 def customer_segment_history(customer_id: int, *, limit: int = 20) -> list[Event]:
-    return list(
-        Event.objects.filter(customer_id=customer_id, category="segment").order_by("-occurred_at", "-id")[:limit]
-    )
+    """The customer's latest entries into and exits from segments, as timeline events."""
+    return _history(history.events_sql("h.customer_id = %(customer)s", limit="%(limit)s"),
+                    {"customer": customer_id, "limit": limit})
 
 
 def segment_explain(segment: Segment, customer: Customer, *, now: datetime | None = None) -> dict | None:

@@ -1,15 +1,12 @@
-"""Writes for segments: definitions, materialised membership, and keeping it true.
+"""Writes for segments: definitions, keeping memberships true, and static lists.
 
-Membership changes are set-based: one statement computes the audience, inserts who
-entered, deletes who left and writes their ``segment.entered`` / ``segment.exited``
-timeline events. A recomputation holds the segment's row lock, so a real-time update and
-the scheduled sweep never interleave on the same segment.
+Creating a segment or changing its rules asks for a full computation (``computation``);
+real-time updates, the sweep and static lists write memberships through ``membership``.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -21,8 +18,10 @@ from customers.models import Customer, Topic
 from core.audit import audit
 from core.errors import FieldError, InputError
 
+from . import computation, membership, storage
 from . import rules as rule_language
-from .models import Segment, SegmentMembership, SegmentSize
+from .membership import MembershipChange, segment_recompute
+from .models import PastMembership, Segment, SegmentMembership, SegmentSize
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +81,8 @@ def _check_name(name: str, *, exclude: int | None = None) -> str:
 def segment_create(
     *, name: str, rules: dict | None = None, static: bool = False, description: str = "", actor: str, user=None
 ) -> Segment:
-    """Create a segment; a dynamic one is populated at once. Raises InputError on bad input."""
+    """Create a segment. A dynamic one is computed in the background (at once when there are
+    few customers); until then its status is ``computing``. Raises InputError on bad input."""
     name = _check_name(name)
     if static:
         if rules is not None:
@@ -101,8 +101,11 @@ def segment_create(
             rules=rules, compiled=compiled, dependencies=deps.as_dict(), created_by=user,
         )
         audit(actor=actor, action="segment.created", object_type="segment", object_id=segment.pk, details={"name": name})
-        if not static:
-            segment_recompute(segment_id=segment.pk)
+        if static:
+            storage.create(segment.pk)
+        else:
+            # Its table of members comes with its first computation.
+            computation.computation_request(segment_ids=[segment.pk])
     segment.refresh_from_db()
     return segment
 
@@ -112,8 +115,9 @@ def segment_update(
 ) -> Segment:
     """Rename, describe, or change the rules of a segment.
 
-    Rules that mean something new recompute the segment and its dependents; rules that
-    normalise to the current ones (reordered keys, a re-saved form) recompute nothing.
+    Rules that mean something new recompute the segment and its dependents in the background
+    (superseding a computation still running); rules that normalise to the current ones
+    (reordered keys, a re-saved form) recompute nothing.
     """
     fields = {}
     recompute = False
@@ -137,8 +141,7 @@ def segment_update(
         audit(actor=actor, action="segment.updated", object_type="segment", object_id=segment.pk,
               details={key: value for key, value in fields.items() if key in ("name", "rules", "description")})
         if recompute:
-            for pk in _in_dependency_order({segment.pk}):
-                segment_recompute(segment_id=pk)
+            computation.computation_request(segment_ids=_in_dependency_order({segment.pk}))
     segment.refresh_from_db()
     return segment
 
@@ -147,120 +150,33 @@ def segment_delete(*, segment: Segment, actor: str) -> None:
     users = [s.name for s in Segment.objects.all() if segment.pk in s.dependencies.get("segments", ())]
     if users:
         raise InputError([FieldError("segment", f"other segments use this one: {', '.join(users)}")])
-    with transaction.atomic():
+    with transaction.atomic(), connection.cursor() as cursor:
         audit(actor=actor, action="segment.deleted", object_type="segment", object_id=segment.pk, details={"name": segment.name})
+        # Its members' histories keep it: the memberships end now, as past ones. Nobody
+        # "left" through a change of theirs, so the event stream hears nothing.
+        cursor.execute(
+            f"""INSERT INTO {PastMembership._meta.db_table}
+                    (segment_id, customer_id, entered_at, exited_at, entered_by, exited_by)
+                SELECT segment_id, customer_id, entered_at, %s, entered_by, %s
+                FROM {SegmentMembership._meta.db_table} WHERE segment_id = %s""",
+            [timezone.now(), actor, segment.pk],
+        )
+        storage.drop(segment.pk)
         segment.delete()
 
 
-# --- Membership ---------------------------------------------------------------------------
-
-
-@dataclass
-class MembershipChange:
-    entered: int
-    exited: int
-    size: int
-
-
-_APPLY = """
-WITH target AS MATERIALIZED ({query}),
-current AS (
-    SELECT customer_id FROM segments_segmentmembership
-    WHERE segment_id = %(segment_id)s {current_filter}
-),
-entered AS (
-    INSERT INTO segments_segmentmembership (segment_id, customer_id, entered_at)
-    SELECT %(segment_id)s, t.id, %(now)s FROM target t
-    WHERE t.id NOT IN (SELECT customer_id FROM current)
-    ON CONFLICT (segment_id, customer_id) DO NOTHING
-    RETURNING customer_id
-),
-exited AS (
-    DELETE FROM segments_segmentmembership m
-    WHERE m.segment_id = %(segment_id)s {exit_filter}
-      AND m.customer_id NOT IN (SELECT id FROM target)
-    RETURNING customer_id
-),
-{timeline}
-SELECT (SELECT count(*) FROM entered), (SELECT count(*) FROM exited), (SELECT count(*) FROM target), {summary}
-"""
-
-# The timeline rows of a membership change: one per customer who entered or exited.
-_MEMBERSHIP_EVENTS = """
-    SELECT customer_id, 'segment.entered' AS name, '' AS channel, %(properties)s::jsonb AS properties,
-           %(now)s::timestamptz AS occurred_at, %(now)s::timestamptz AS received_at, 'platform' AS source,
-           NULL AS idempotency_key, %(actor)s AS actor
-    FROM entered
-    UNION ALL
-    SELECT customer_id, 'segment.exited', '', %(properties)s::jsonb, %(now)s, %(now)s, 'platform', NULL, %(actor)s
-    FROM exited
-"""
-
-
-def segment_recompute(
-    *, segment_id: int, customer_ids: list[int] | None = None, now: datetime | None = None
-) -> MembershipChange | None:
-    """Bring a dynamic segment's membership up to date, for everyone or for ``customer_ids``.
-
-    Returns None for static or deleted segments. Takes the segment's row lock.
-    """
-    import json
-
-    now = now or timezone.now()
-    started = time.monotonic()
+def segment_recompute_now(*, segment: Segment, actor: str) -> MembershipChange | bool:
+    """A person asked for a full recomputation (recorded in the audit trail); it runs like any
+    other. Returns the change when it ran at once, True when it was queued, False for a
+    static segment."""
+    if not segment.is_dynamic:
+        return False
     with transaction.atomic():
-        segment = Segment.objects.select_for_update().filter(pk=segment_id).first()
-        if segment is None or not segment.is_dynamic or segment.compiled is None:
-            return None
-        ids = sorted(customer_ids) if customer_ids is not None else None
-        query, named = rule_language.compile_query(segment.compiled, now=now, customer_ids=ids)
-        scope = "" if ids is None else "AND customer_id = ANY(%(ids)s::bigint[])"
-        statement = _APPLY.format(
-            query=query, current_filter=scope, exit_filter=scope.replace("customer_id", "m.customer_id"),
-            timeline=timeline.insert_cte(_MEMBERSHIP_EVENTS), summary=timeline.summary_sql(),
-        )
-        with connection.cursor() as cursor:
-            # Audience queries hash whole tables of ids; the 4 MB default makes PostgreSQL
-            # fall back to far slower plans for large audiences.
-            cursor.execute("SET LOCAL work_mem = '64MB'")
-            cursor.execute(
-                statement,
-                {
-                    **named,
-                    "segment_id": segment.pk,
-                    "now": now,
-                    "ids": ids,
-                    "properties": json.dumps({"segment_id": segment.pk, "segment": segment.name}),
-                    "actor": "",
-                },
-            )
-            entered, exited, matched, summary = cursor.fetchone()
-            timeline.written(summary)
-        elapsed_ms = int((time.monotonic() - started) * 1000)
-        update = {}
-        if ids is None:
-            update.update(member_count=matched, computed_at=now, last_full_ms=elapsed_ms, swept_at=now)
-        elif entered or exited:
-            segment.member_count = segment.member_count + entered - exited
-            update.update(member_count=segment.member_count, last_lag_ms=elapsed_ms)
-        if entered or exited:
-            update["changed_at"] = now
-        if update:
-            Segment.objects.filter(pk=segment.pk).update(**update)
-        size = update.get("member_count", segment.member_count)
-        if ids is None:
-            # A full computation is a point on the size chart, so a new segment has a trend at once.
-            SegmentSize.objects.create(segment_id=segment.pk, at=now, size=size)
-    return MembershipChange(entered=entered, exited=exited, size=size)
-
-
-def segment_recompute_now(*, segment: Segment, actor: str) -> MembershipChange | None:
-    """A person asked for a full recomputation (it is recorded in the audit trail)."""
-    change = segment_recompute(segment_id=segment.pk)
-    if change is not None:
-        audit(actor=actor, action="segment.recomputed", object_type="segment", object_id=segment.pk,
-              details={"entered": change.entered, "exited": change.exited, "size": change.size})
-    return change
+        audit(actor=actor, action="segment.recomputed", object_type="segment", object_id=segment.pk)
+        done = computation.computation_request(segment_ids=_in_dependency_order({segment.pk}))
+    if done is None or done.get(segment.pk) is None:
+        return True
+    return done[segment.pk]
 
 
 def _dynamic_dependencies() -> dict[int, dict]:
@@ -433,40 +349,24 @@ def static_members_change(
     *, segment: Segment, add: bool, actor: str, ids=(), external_ids=(), emails=()
 ) -> StaticChange:
     """Add customers to (or remove them from) a static segment, by id, external id or email."""
-    import json
-
     if segment.is_dynamic:
         raise InputError([FieldError("segment", "members of a dynamic segment follow its rules; edit the rules instead")])
     customer_ids, missing = _resolve_customers(ids=ids, external_ids=external_ids, emails=emails)
     now = timezone.now()
-    properties = json.dumps({"segment_id": segment.pk, "segment": segment.name, "by": actor})
+    if add:
+        change = f"""{membership.ENTER.format(rows="SELECT unnest(%(ids)s::bigint[]) AS id")},
+            exited AS (SELECT NULL::bigint AS customer_id WHERE false)"""
+    else:
+        change = f"""{membership.EXIT.format(condition="m.customer_id = ANY(%(ids)s::bigint[])")},
+            entered AS (SELECT NULL::bigint AS customer_id WHERE false)"""
     with transaction.atomic(), connection.cursor() as cursor:
         Segment.objects.select_for_update().filter(pk=segment.pk).first()
-        if add:
-            change = """
-                entered AS (
-                    INSERT INTO segments_segmentmembership (segment_id, customer_id, entered_at)
-                    SELECT %(segment)s, id, %(now)s FROM unnest(%(ids)s::bigint[]) AS id
-                    ON CONFLICT (segment_id, customer_id) DO NOTHING RETURNING customer_id
-                ),
-                exited AS (SELECT NULL::bigint AS customer_id WHERE false)"""
-        else:
-            change = """
-                exited AS (
-                    DELETE FROM segments_segmentmembership
-                    WHERE segment_id = %(segment)s AND customer_id = ANY(%(ids)s::bigint[]) RETURNING customer_id
-                ),
-                entered AS (SELECT NULL::bigint AS customer_id WHERE false)"""
         cursor.execute(
-            f"""
-            WITH {change},
-            {timeline.insert_cte(_MEMBERSHIP_EVENTS)}
-            SELECT (SELECT count(*) FROM entered) + (SELECT count(*) FROM exited), {timeline.summary_sql()}
-            """,
-            {"segment": segment.pk, "now": now, "ids": sorted(customer_ids), "properties": properties, "actor": actor},
+            f"WITH {change} SELECT {membership.CHANGED}",
+            {"segment_id": segment.pk, "now": now, "ids": sorted(customer_ids), "actor": actor},
         )
-        changed, summary = cursor.fetchone()
-        timeline.written(summary)
+        entered, exited = membership.changed(segment.pk, *cursor.fetchone())
+        changed = entered + exited
         if changed:
             delta = changed if add else -changed
             size = SegmentMembership.objects.filter(segment=segment).count()

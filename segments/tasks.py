@@ -1,6 +1,6 @@
 """django-q2 entry points; each is safe to run twice."""
 
-from . import services
+from . import computation, services
 
 
 def sweep() -> None:
@@ -13,3 +13,8 @@ def refresh(customer_ids: list[int], segment_ids: list[int]) -> None:
 
 def recompute(segment_id: int) -> None:
     services.segment_recompute(segment_id=segment_id)
+
+
+def compute(chain: list[list[int]]) -> None:
+    """Full computations requested by a create, an edit or "recompute now"."""
+    computation.segments_compute(chain=chain)

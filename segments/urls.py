@@ -12,6 +12,7 @@ urlpatterns = [
     path("<int:segment_id>/edit/", views.segment_edit, name="edit"),
     path("<int:segment_id>/delete/", views.segment_delete, name="delete"),
     path("<int:segment_id>/recompute/", views.segment_recompute, name="recompute"),
+    path("<int:segment_id>/progress/", views.segment_progress, name="progress"),
     path("<int:segment_id>/members/", views.segment_members, name="members"),
     path("<int:segment_id>/members/add/", views.members_add, name="members_add"),
     path("<int:segment_id>/members/remove/", views.members_remove, name="members_remove"),

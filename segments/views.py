@@ -172,7 +172,9 @@ def segment_new(request):
             except InputError as exc:
                 form.add_service_errors(exc)
             else:
-                if segment.is_dynamic:
+                if segment.is_dynamic and not segment.is_ready:
+                    messages.success(request, f"Segment “{segment.name}” created; its members are being computed.")
+                elif segment.is_dynamic:
                     messages.success(request, f"Segment “{segment.name}” created: {counted(segment.member_count, 'member')}.")
                 else:
                     messages.success(request, f"Static segment “{segment.name}” created. Add its members below.")
@@ -192,14 +194,16 @@ def segment_edit(request, segment_id: int):
             data = form.cleaned_data
             before = segment.compiled
             try:
-                services.segment_update(
+                segment = services.segment_update(
                     segment=segment, actor=user_actor(request), name=data["name"], description=data["description"],
                     rules=data["rules"] if segment.is_dynamic else None,
                 )
             except InputError as exc:
                 form.add_service_errors(exc)
             else:
-                if segment.compiled != before:
+                if segment.compiled != before and not segment.is_ready:
+                    messages.success(request, f"Rules saved; the members of “{segment.name}” are being recomputed.")
+                elif segment.compiled != before:
                     messages.success(request, f"Rules saved; “{segment.name}” now has {counted(segment.member_count, 'member')}.")
                 else:
                     messages.success(request, f"“{segment.name}” saved.")
@@ -259,6 +263,7 @@ def _detail_context(request, segment: Segment, **extra) -> dict:
     now = timezone.now()
     context = {
         "segment": segment,
+        "progress": segment.progress(now),
         "delta": _delta(segment, sizes, now=now),
         "rule_tree": _rule_tree(segment.compiled) if segment.compiled else None,
         "chart": _size_chart(segment, sizes, now=now),
@@ -359,16 +364,33 @@ def _size_chart(segment: Segment, sizes, *, now) -> str:
 @require_POST
 def segment_recompute(request, segment_id: int):
     segment = queries.segment_get_for_user(user=request.user, segment_id=segment_id)
-    change = services.segment_recompute_now(segment=segment, actor=request.user.get_username())
-    if change is None:
+    change = services.segment_recompute_now(segment=segment, actor=user_actor(request))
+    if change is False:
         messages.info(request, "A static segment is a list: its members change only when you add or remove them.")
+    elif change is True:
+        segment.refresh_from_db(fields=["status", "compute_error"])
+        if segment.status == Segment.Status.FAILED:
+            messages.error(request, f"The computation failed: {segment.compute_error}")
+        else:
+            messages.success(request, f"“{segment.name}” is being recomputed.")
     else:
-        segment.refresh_from_db(fields=["last_full_ms"])
+        segment.refresh_from_db(fields=["last_full_ms", "status", "compute_error"])
         moved = f"{change.entered:,} entered, {change.exited:,} left" if change.entered or change.exited else "nobody entered or left"
         messages.success(
             request, f"Recomputed in {segment.last_full_ms or 0:,} ms: {counted(change.size, 'member')}, {moved}."
         )
     return redirect("segments:detail", segment.pk)
+
+
+@role_required(MARKETER)
+def segment_progress(request, segment_id: int):
+    """The computation's progress, polled by the segment page while it computes. When it is
+    done, htmx is told to reload the page, which then shows the result."""
+    segment = queries.segment_get_for_user(user=request.user, segment_id=segment_id)
+    response = render(request, f"{DETAIL_TEMPLATE}#computation", {"segment": segment, "progress": segment.progress()})
+    if segment.status != Segment.Status.COMPUTING and request.GET.get("was") == Segment.Status.COMPUTING:
+        response["HX-Refresh"] = "true"
+    return response
 
 
 # --- Members ------------------------------------------------------------------------------------

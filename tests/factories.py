@@ -73,3 +73,14 @@ class DeviceFactory(factory.django.DjangoModelFactory):
     kind = "fcm"
     token = factory.Sequence(lambda n: f"fcm-token-{n:06d}")
     platform = "android"
+
+
+def segment_history(customer, segment=None) -> list:
+    """The customer's segment entries and exits as their timeline shows them, oldest first:
+    events named segment.entered / segment.exited (of ``segment`` only, when given)."""
+    from customers.queries import timeline_page
+
+    customer_id = customer if isinstance(customer, int) else customer.pk
+    segment_id = segment if segment is None or isinstance(segment, int) else segment.pk
+    events = timeline_page(customer_id, limit=1000, category="segment").events
+    return [e for e in reversed(events) if segment_id is None or e.properties["segment_id"] == segment_id]

@@ -122,6 +122,7 @@ ACCESS: dict[str, Access] = {
     "segments:edit": MARKETING,
     "segments:delete": MARKETING,
     "segments:recompute": MARKETING,
+    "segments:progress": MARKETING,
     "segments:members": MARKETING,
     "segments:members_add": MARKETING,
     "segments:members_remove": MARKETING,

@@ -201,3 +201,34 @@ def test_nested_groups_inline_errors_and_the_json_view(live_server, page, shots,
     expect(page.locator("#json-error")).to_contain_text("not valid JSON")
     expect(textarea).to_be_visible()
     assert not Segment.objects.exists()
+
+
+def test_a_recomputation_shows_its_progress_and_then_the_result(live_server, page, shots, marketer, shoppers, settings):
+    from segments import services
+    from tests.segments.test_computation import run_background_tasks
+
+    settings.SEGMENT_COMPUTE_INLINE_CUSTOMERS = -1
+    segment = services.segment_create(name="Experts", rules={"attr": "lifecycle_stage", "op": "eq", "value": "expert"},
+                                      actor="test")
+    run_background_tasks()
+    # The marketer widens the rules; the last computation took a minute, so this one should too.
+    services.segment_update(segment=segment, actor="test",
+                            rules={"attr": "lifecycle_stage", "op": "in", "value": ["expert", "lead"]})
+    Segment.objects.filter(pk=segment.pk).update(compute_estimate_ms=60_000, compute_phase=Segment.Phase.EVALUATING,
+                                                 compute_started_at=timezone.now() - timedelta(seconds=12))
+
+    sign_in(page, live_server, marketer)
+    page.goto(f"{live_server.url}/segments/{segment.pk}/")
+    progress = page.locator("#segment-computation")
+    expect(progress.get_by_text("Recomputing the members")).to_be_visible()
+    expect(progress.get_by_role("progressbar")).to_have_attribute("aria-valuenow", re.compile(r"^(2\d)$"))
+    expect(progress.get_by_text(re.compile(r"About 4\d s left"))).to_be_visible()
+    # Until it is done, the members shown are the previous computation's.
+    expect(page.locator('[data-stat="members"]')).to_have_text("5")
+    page.screenshot(path=shots / "segments-computing.png", full_page=True)
+
+    # A worker computes it; the page notices within a second or two and shows the result.
+    run_background_tasks()
+    expect(page.locator('[data-stat="members"]')).to_have_text("8")
+    expect(progress.get_by_role("progressbar")).to_have_count(0)
+    expect(page.get_by_text("Recomputing the members")).to_have_count(0)

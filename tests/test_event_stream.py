@@ -27,7 +27,7 @@ from tests.campaigns.conftest import make_campaign
 from tests.campaigns.test_tracking import CLICK_HREF, PIXEL_SRC, found
 from tests.campaigns.test_twilio import INBOUND_PATH, SITE, SMS_FROM, inbound, post_signed
 from tests.conftest import WAIT_SECONDS
-from tests.factories import CustomerFactory, SubscriptionFactory
+from tests.factories import CustomerFactory, SubscriptionFactory, segment_history
 from tests.fakes.push import FakeFCM
 from tests.fakes.twilio import FakeTwilio
 
@@ -45,10 +45,7 @@ def is_member(segment, customer) -> bool:
 
 
 def segment_events(customer, segment) -> list[str]:
-    return list(
-        Event.objects.filter(customer=customer, category="segment", properties__segment_id=segment.pk)
-        .order_by("id").values_list("name", flat=True)
-    )
+    return [event.name for event in segment_history(customer, segment)]
 
 
 @pytest.fixture(autouse=True)

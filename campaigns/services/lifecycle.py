@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from core.audit import audit
 from core.errors import FieldError, InputError
+from segments.queries import not_ready_problems
 
 from ..dispatch import dispatch_soon
 from ..models import Campaign, DeliveryStatus
@@ -58,6 +59,7 @@ def campaign_launch(*, campaign: Campaign, actor: str) -> Campaign:
         # Content may have been valid when saved and the topic or segments gone since.
         data = campaign_input_from(locked)
         campaign_input_validate(data=data)
+        _check_segments_ready(data)
         _check_audience_values(locked, data)
         locked.launched_at = now
         locked.starts_at = _starts_at(locked, now)
@@ -69,6 +71,20 @@ def campaign_launch(*, campaign: Campaign, actor: str) -> Campaign:
         audit(actor=actor, action="campaign.launched", object_type="campaign", object_id=locked.pk,
               details={"status": locked.status, "starts_at": locked.starts_at.isoformat()})
     return locked
+
+
+def _audience_not_ready(campaign: Campaign) -> bool:
+    ids = [*campaign.segments.values_list("pk", flat=True), *campaign.exclude_segments.values_list("pk", flat=True)]
+    return bool(not_ready_problems(ids, field="segment_ids"))
+
+
+def _check_segments_ready(data: CampaignInput) -> None:
+    """Refuse a launch from segments whose members are still being computed (or whose last
+    computation failed): the snapshot would take a membership about to change."""
+    problems = [*not_ready_problems(data.segment_ids, field="segment_ids"),
+                *not_ready_problems(data.exclude_segment_ids, field="exclude_segment_ids")]
+    if problems:
+        raise InputError(problems, "Not launched: a segment of the audience is not ready yet.")
 
 
 JSON_TYPE_WORDS = {
@@ -269,7 +285,8 @@ def campaigns_tick(*, now: datetime | None = None) -> dict:
     for pk in Campaign.objects.filter(status=Campaign.Status.SCHEDULED, starts_at__lte=now).values_list("pk", flat=True):
         with transaction.atomic():
             locked = Campaign.objects.select_for_update(skip_locked=True).filter(pk=pk, status=Campaign.Status.SCHEDULED).first()
-            if locked:
+            # A scheduled campaign waits (a minute at a time) for its segments to be ready.
+            if locked and not _audience_not_ready(locked):
                 _start(locked, now=now)
                 started.append(pk)
     for campaign in Campaign.objects.filter(status__in=[Campaign.Status.SENDING, Campaign.Status.TESTING]):

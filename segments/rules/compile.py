@@ -8,6 +8,7 @@ from typing import Any
 
 from customers import reachability
 
+from ..history import source_for
 from .language import COMPARE, NOT_NULL_FIELDS, leaves
 
 
@@ -153,9 +154,10 @@ def _event_sql(sql: _Sql, node: dict) -> str:
     simple = (op, n) in (("gte", 1), ("gt", 0), ("eq", 0), ("lt", 1), ("lte", 0))
     if zero_passes and simple:
         # "Did not do X": an anti-join, which PostgreSQL can run (and spill) at any size.
-        return f"(NOT EXISTS (SELECT 1 FROM customers_event e WHERE e.customer_id = c.id AND {_event_filter(sql, node)}))"
+        return (f"(NOT EXISTS (SELECT 1 FROM {source_for(node['event'])} e WHERE e.customer_id = c.id"
+                f" AND {_event_filter(sql, node)}))")
     inner = (
-        f"SELECT e.customer_id FROM customers_event e WHERE {_event_filter(sql, node)}"
+        f"SELECT e.customer_id FROM {source_for(node['event'])} e WHERE {_event_filter(sql, node)}"
         f"{_ids_filter(sql, 'e.customer_id')}"
     )
     if not simple:
@@ -267,6 +269,6 @@ def _driver_sql(sql: _Sql, node: dict) -> str:
         )
     op, n = node["count"]["op"], node["count"]["value"]
     return (
-        f"SELECT e.customer_id AS id FROM customers_event e WHERE {_event_filter(sql, node)}"
+        f"SELECT e.customer_id AS id FROM {source_for(node['event'])} e WHERE {_event_filter(sql, node)}"
         f"{_ids_filter(sql, 'e.customer_id')} GROUP BY e.customer_id HAVING count(*) {COMPARE[op]} {n}"
     )

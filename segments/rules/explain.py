@@ -6,6 +6,7 @@ from datetime import datetime
 
 from customers import reachability
 
+from ..history import source_for
 from .compile import _event_filter, _node_sql, _Sql
 from .language import leaves
 
@@ -18,7 +19,8 @@ def _leaf_value_sql(sql: _Sql, node: dict) -> str:
             return f"(c.attributes->'{name.removeprefix('attributes.')}')::text"
         return f"c.{name}::text"
     if "event" in node:
-        return f"(SELECT count(*) FROM customers_event e WHERE e.customer_id = c.id AND {_event_filter(sql, node)})::text"
+        return (f"(SELECT count(*) FROM {source_for(node['event'])} e WHERE e.customer_id = c.id"
+                f" AND {_event_filter(sql, node)})::text")
     if "subscribed" in node:
         spec = node["subscribed"]
         return (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from ..history import source_for
 from .compile import _Sql
 from .language import leaves
 
@@ -36,7 +37,7 @@ def window_crossings_query(rules: dict, *, since: datetime, now: datetime) -> tu
             for moment, days in moments:
                 low, high = edges(days)
                 parts.append(
-                    f"SELECT e.customer_id FROM customers_event e WHERE e.name = {sql.param(node['event'])}"
+                    f"SELECT e.customer_id FROM {source_for(node['event'])} e WHERE e.name = {sql.param(node['event'])}"
                     f" AND {moment} >= {low} AND {moment} < {high}"
                 )
         elif "attr" in node and node["op"] in ("within_days", "before_days"):

@@ -10,7 +10,7 @@ from customers.models import Customer, Event, Topic
 from customers.services.ingestion import EventInput, events_ingest
 from segments import services
 from segments.models import Segment, SegmentMembership, SegmentSize
-from tests.factories import CustomerFactory, EventFactory
+from tests.factories import CustomerFactory, EventFactory, segment_history
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,7 +40,8 @@ def test_a_new_segment_populates_itself_and_writes_the_timeline():
     segment = services.segment_create(name="Experts", rules={"attr": "lifecycle_stage", "op": "eq", "value": "expert"}, actor="t")
     assert members(segment) == {"ada"}
     assert segment.member_count == 1 and segment.computed_at is not None
-    entered = ada.events.get(name="segment.entered")
+    (entered,) = segment_history(ada)
+    assert entered.name == "segment.entered" and entered.occurred_at == segment.computed_at
     assert entered.properties == {"segment_id": segment.pk, "segment": "Experts"}
 
 
@@ -54,9 +55,7 @@ def test_reengage_drops_in_and_leaves_the_moment_they_open_an_email():
 
     platform_event(quiet, "message.opened", channel="email")  # real time, no button
     assert members(segment) == set()
-    assert list(quiet.events.filter(category="segment").order_by("id").values_list("name", flat=True)) == [
-        "segment.entered", "segment.exited",
-    ]
+    assert [event.name for event in segment_history(quiet)] == ["segment.entered", "segment.exited"]
     segment.refresh_from_db()
     assert segment.member_count == 0 and segment.last_lag_ms is not None
 
@@ -171,7 +170,7 @@ def test_unrelated_events_leave_segments_alone(django_assert_max_num_queries):
     # One more than the segments need: the journeys' listener asks once what live journeys hear.
     with django_assert_max_num_queries(9):
         platform_event(customer, "page_viewed")
-    assert not customer.events.filter(category="segment").exists()
+    assert segment_history(customer) == []
 
 
 def test_cycles_are_rejected_with_the_chain():
@@ -192,7 +191,8 @@ def test_changing_rules_moves_members_both_ways():
     segment = services.segment_create(name="S", rules={"attr": "lifecycle_stage", "op": "eq", "value": "lead"}, actor="t")
     services.segment_update(segment=segment, rules={"attr": "lifecycle_stage", "op": "eq", "value": "expert"}, actor="t")
     assert members(segment) == {"expert"}
-    assert Event.objects.filter(name="segment.exited", customer__external_id="lead").count() == 1
+    lead = Customer.objects.get(external_id="lead")
+    assert [event.name for event in segment_history(lead)] == ["segment.entered", "segment.exited"]
 
 
 def test_static_segments_by_email_and_external_id():
@@ -239,7 +239,9 @@ def test_demo_segments_load_once_through_the_services():
     names = set(Segment.objects.values_list("name", flat=True))
     assert {"Re-engage", "Recent buyers", "Churn risk", "Beta testers"} <= names
     assert all(s.member_count > 0 for s in Segment.objects.all())
-    assert Event.objects.filter(name="segment.entered").count() == sum(Segment.objects.values_list("member_count", flat=True))
+    entries = sum(1 for customer in Customer.objects.all() for event in segment_history(customer)
+                  if event.name == "segment.entered")
+    assert entries == sum(Segment.objects.values_list("member_count", flat=True))
     call_command("seed_segments", "--if-empty")
     assert Segment.objects.count() == len(names)
 
@@ -252,4 +254,4 @@ def test_saving_rules_that_mean_the_same_recomputes_nothing():
     same = {"value": "expert", "op": "eq", "attr": "lifecycle_stage"}
     services.segment_update(segment=segment, rules=same, actor="t")
     assert segment.computed_at == computed_at
-    assert Event.objects.filter(name="segment.entered").count() == 1
+    assert [event.name for event in segment_history(Customer.objects.get(external_id="e"))] == ["segment.entered"]

@@ -9,7 +9,8 @@ from django.db import connection
 
 from customers.models import ChannelStatus, ConsentState, Consent, Customer, Device, Event, Subscription
 from segments import rules as rl
-from segments.models import Segment, SegmentMembership
+from segments import services
+from segments.models import SegmentMembership
 from tests.factories import TopicFactory
 
 pytestmark = pytest.mark.django_db
@@ -75,7 +76,7 @@ def world(db):
         ChannelStatus.objects.create(customer=customer, channel=rng.choice(CHANNELS), status=rng.choice(["bounced", "unsubscribed", "ok"]))
     for customer in rng.sample(customers, 40):
         Device.objects.create(customer=customer, kind="fcm", token=f"token-{customer.pk}")
-    static = Segment.objects.create(name="VIP list", kind=Segment.Kind.STATIC)
+    static = services.segment_create(name="VIP list", static=True, actor="test")
     SegmentMembership.objects.bulk_create(SegmentMembership(segment=static, customer=c) for c in rng.sample(customers, 35))
     return {"topics": {k: t.pk for k, t in topics.items()}, "static": static.pk}
 
