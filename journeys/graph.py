@@ -161,6 +161,18 @@ class Catalog:
         )
 
 
+def trigger_filter(config: dict, now) -> tuple[str, dict]:
+    """The trigger's property filters (``config["where"]``) as a condition on an event ``e``,
+    with its parameters."""
+    from segments.rules import compile_event_filter, validate
+
+    where = config.get("where") or []
+    if where:
+        catalog = Catalog.load()
+        where = validate({"event": "x", "where": where}, topics=catalog.topics, segment_ids=catalog.segments)["where"]
+    return compile_event_filter(where, now=now)
+
+
 class _Checker:
     def __init__(self, graph: Any, catalog: Catalog):
         self.graph = graph

@@ -246,53 +246,38 @@ def _segment_entries(change: Change, name: str, config: dict, prop: str) -> list
 
 
 def _history_entries(change: Change, name: str, config: dict, prop: str, now) -> list[executor.Entry]:
-    """An event trigger on ``segment.entered`` / ``segment.exited`` (with its property filters)."""
-    from segments.rules import compile_event_filter, validate
-
+    """An event trigger on ``segment.entered`` / ``segment.exited``: the entries and exits of
+    this change (they are not rows of the timeline table)."""
     rows = _membership_rows(change, {name})
-    where = config.get("where") or []
-    if where:
-        catalog = graphs.Catalog.load()
-        where = validate({"event": "x", "where": where}, topics=catalog.topics,
-                         segment_ids=catalog.segments)["where"]
-    filter_sql, params = compile_event_filter(where, now=now)
-    params.update(rows=json.dumps(rows), prop=prop)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""SELECT DISTINCT ON (e.customer_id, coalesce(e.properties ->> %(prop)s, ''))
-                       e.customer_id, coalesce(e.properties ->> %(prop)s, ''), e.properties
-                FROM jsonb_to_recordset(%(rows)s::jsonb) AS e(customer_id bigint, name text, properties jsonb)
-                WHERE {filter_sql}
-                ORDER BY e.customer_id, coalesce(e.properties ->> %(prop)s, '')""",
-            params,
-        )
-        return [executor.Entry(customer, executor.loads(properties), run_key)
-                for customer, run_key, properties in cursor.fetchall()]
+    source = "jsonb_to_recordset(%(rows)s::jsonb) AS e(customer_id bigint, name text, properties jsonb, id bigint)"
+    return _trigger_entries(source, "TRUE", {"rows": json.dumps([{**row, "id": 0} for row in rows])}, config, prop, now)
 
 
 def _event_entries(change: Change, name: str, config: dict, prop: str, now) -> list[executor.Entry]:
-    """The trigger's events written in this change, the newest per customer (and re-entry key)."""
-    from segments.rules import compile_event_filter, validate
-
-    where = config.get("where") or []
-    if where:
-        catalog = graphs.Catalog.load()
-        where = validate({"event": "x", "where": where}, topics=catalog.topics,
-                         segment_ids=catalog.segments)["where"]
-    filter_sql, params = compile_event_filter(where, now=now)
+    """The trigger's events written in this change."""
     lo, hi = change.event_ids[name]
-    params.update(name=name, lo=lo, hi=hi, prop=prop, customers=sorted(change.customers_with([name])))
+    return _trigger_entries(
+        "customers_event e",
+        "e.name = %(name)s AND e.id BETWEEN %(lo)s AND %(hi)s AND e.customer_id = ANY(%(customers)s)",
+        {"name": name, "lo": lo, "hi": hi, "customers": sorted(change.customers_with([name]))},
+        config, prop, now,
+    )
+
+
+def _trigger_entries(source: str, where: str, params: dict, config: dict, prop: str, now) -> list[executor.Entry]:
+    """The events of ``source`` that pass the trigger's property filters: the newest per
+    customer (and re-entry key), each with its properties as the run's context."""
+    filter_sql, filter_params = graphs.trigger_filter(config, now)
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
             SELECT DISTINCT ON (e.customer_id, coalesce(e.properties ->> %(prop)s, ''))
                    e.customer_id, coalesce(e.properties ->> %(prop)s, ''), e.properties
-            FROM customers_event e
-            WHERE e.name = %(name)s AND e.id BETWEEN %(lo)s AND %(hi)s AND e.customer_id = ANY(%(customers)s)
-              AND {filter_sql}
+            FROM {source}
+            WHERE {where} AND {filter_sql}
             ORDER BY e.customer_id, coalesce(e.properties ->> %(prop)s, ''), e.id DESC
             """,
-            params,
+            {**params, **filter_params, "prop": prop},
         )
         return [executor.Entry(customer, executor.loads(properties), run_key)
                 for customer, run_key, properties in cursor.fetchall()]

@@ -373,18 +373,11 @@ DRY_RUN_SAMPLE = 20_000
 def _entrants(graph: dict, now: datetime) -> tuple[str, str, dict]:
     """SQL selecting the customers the trigger would let in now (customer_id, run_key, context),
     and a sentence saying who they are."""
-    from segments.rules import compile_event_filter, validate
-
     config = (graphs.trigger(graph) or {}).get("config") or {}
     kind = config.get("kind")
     since = now - timedelta(hours=24)
     if kind == "event":
-        where = config.get("where") or []
-        if where:
-            catalog = graphs.Catalog.load()
-            where = validate({"event": "x", "where": where}, topics=catalog.topics,
-                             segment_ids=catalog.segments)["where"]
-        filter_sql, params = compile_event_filter(where, now=now)
+        filter_sql, params = graphs.trigger_filter(config, now)
         prop = ((graph.get("settings") or {}).get("reentry") or {}).get("property") or ""
         params.update(name=config["event"], since=since, prop=prop)
         return (f"""SELECT DISTINCT ON (e.customer_id, coalesce(e.properties ->> %(prop)s, ''))

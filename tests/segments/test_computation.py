@@ -273,3 +273,38 @@ def test_a_deleted_segment_stays_in_its_members_history_and_its_table_goes(peopl
     entered, left = segment_history(people["ada"])
     assert (entered.name, left.name, left.actor) == ("segment.entered", "segment.exited", "marketer")
     assert left.properties == {"segment_id": segment_id, "segment": "a deleted segment"}
+
+
+def test_journeys_hear_entries_as_events_too(people):
+    """A trigger on the event segment.entered (with a property filter), and a run waiting for it."""
+    from journeys.models import EventWait
+    from tests.journeys.factories import waiting_at
+
+    segment = services.segment_create(name="Experts", rules=EXPERTS, actor="t")
+    run_background_tasks()
+    on_event = {"nodes": [{"id": "start", "type": "trigger", "label": "Entered",
+                           "config": {"kind": "event", "event": "segment.entered",
+                                      "where": [{"prop": "segment_id", "op": "eq", "value": segment.pk}]}},
+                          {"id": "wait", "type": "wait", "label": "Wait", "config": {"kind": "duration", "minutes": 60}},
+                          {"id": "end", "type": "exit", "label": "Exit", "config": {}}],
+                "edges": [{"from": "start", "port": "out", "to": "wait"}, {"from": "wait", "port": "out", "to": "end"}],
+                "settings": {"reentry": {"mode": "once"}}}
+    version = live_version(on_event)
+    waiting = live_version({"nodes": [{"id": "start", "type": "trigger", "label": "API", "config": {"kind": "api"}},
+                                      {"id": "until", "type": "wait", "label": "Until a lead",
+                                       "config": {"kind": "event", "event": "segment.entered", "timeout_minutes": 600}},
+                                      {"id": "end", "type": "exit", "label": "Exit", "config": {}}],
+                            "edges": [{"from": "start", "port": "out", "to": "until"},
+                                      {"from": "until", "port": "event", "to": "end"},
+                                      {"from": "until", "port": "timeout", "to": "end"}],
+                            "settings": {"reentry": {"mode": "once"}}})
+    run = waiting_at(waiting, "until", customer=people["cyd"])
+    EventWait.objects.create(enrollment=run, customer=people["cyd"], event="segment.entered", seq=run.seq, node="until")
+
+    assert (run.node, run.status) == ("until", "waiting")
+    # Widened rules let Cyd in.
+    services.segment_update(segment=segment, actor="t", rules={"any": [EXPERTS, LEADS]})
+    run_background_tasks()
+    assert set(Enrollment.objects.filter(version=version).values_list("customer__external_id", flat=True)) == {"cyd"}
+    run.refresh_from_db()
+    assert (run.node, run.status) == ("end", "completed")
