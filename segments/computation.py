@@ -151,6 +151,8 @@ def segment_compute(*, segment_id: int, generation: int) -> MembershipChange | N
                 update["changed_at"] = now
             Segment.objects.filter(pk=segment_id).update(**update)
             SegmentSize.objects.create(segment_id=segment_id, at=now, size=matched)
+        if first:
+            storage.index(segment_id)
         return MembershipChange(entered=entered, exited=exited, size=matched)
     except Superseded:
         return None

@@ -34,7 +34,7 @@ class MembershipChange:
 ENTER = """entered AS (
     INSERT INTO segments_segmentmembership (segment_id, customer_id, entered_at, entered_by)
     SELECT %(segment_id)s, t.id, %(now)s, %(actor)s FROM ({rows}) t
-    ON CONFLICT (segment_id, customer_id) DO NOTHING
+    ON CONFLICT DO NOTHING
     RETURNING customer_id
 )"""
 EXIT = """exited AS (

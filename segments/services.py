@@ -345,6 +345,10 @@ def _resolve_customers(*, ids=(), external_ids=(), emails=()) -> tuple[set[int],
     return found, missing
 
 
+_NOT_MEMBERS = """SELECT id FROM unnest(%(ids)s::bigint[]) AS id WHERE id NOT IN (
+    SELECT customer_id FROM segments_segmentmembership WHERE segment_id = %(segment_id)s)"""
+
+
 def static_members_change(
     *, segment: Segment, add: bool, actor: str, ids=(), external_ids=(), emails=()
 ) -> StaticChange:
@@ -354,7 +358,7 @@ def static_members_change(
     customer_ids, missing = _resolve_customers(ids=ids, external_ids=external_ids, emails=emails)
     now = timezone.now()
     if add:
-        change = f"""{membership.ENTER.format(rows="SELECT unnest(%(ids)s::bigint[]) AS id")},
+        change = f"""{membership.ENTER.format(rows=_NOT_MEMBERS)},
             exited AS (SELECT NULL::bigint AS customer_id WHERE false)"""
     else:
         change = f"""{membership.EXIT.format(condition="m.customer_id = ANY(%(ids)s::bigint[])")},

@@ -1,6 +1,6 @@
 """Memberships move to one table per segment: LIST partitions of segments_segmentmembership
-(see segments.storage), with the primary key (customer_id, segment_id), which also serves
-looking a customer's memberships up."""
+(see segments.storage), each with a unique index on customer_id, which also serves looking a
+customer's memberships up (one probe per segment)."""
 
 from django.db import migrations
 
@@ -12,8 +12,7 @@ CREATE TABLE segments_segmentmembership (
     entered_at timestamp with time zone NOT NULL,
     customer_id bigint NOT NULL,
     segment_id bigint NOT NULL,
-    entered_by varchar(255) NOT NULL DEFAULT '',
-    CONSTRAINT segments_segmentmembership_pkey PRIMARY KEY (customer_id, segment_id)
+    entered_by varchar(255) NOT NULL DEFAULT ''
 ) PARTITION BY LIST (segment_id);
 DO $$
 DECLARE segment bigint;
@@ -21,6 +20,8 @@ BEGIN
     FOR segment IN SELECT id FROM segments_segment LOOP
         EXECUTE format('CREATE TABLE %I PARTITION OF segments_segmentmembership FOR VALUES IN (%s)',
                        'segments_segmentmembership_' || segment, segment);
+        EXECUTE format('CREATE UNIQUE INDEX %I ON %I (customer_id)',
+                       'segments_segmentmembership_' || segment || '_customer', 'segments_segmentmembership_' || segment);
     END LOOP;
 END $$;
 INSERT INTO segments_segmentmembership (entered_at, customer_id, segment_id, entered_by)
