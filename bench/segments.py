@@ -250,10 +250,11 @@ def full_evaluation() -> dict:
         started = time.perf_counter()
         segment = services.segment_create(name=label, rules=rules, actor="bench")
         answered = time.perf_counter() - started
+        status = segment.status
         until_ready([segment.pk])
         ready = time.perf_counter() - started
         segment.refresh_from_db()
-        log(f"  created '{label}': answered in {answered * 1000:.0f} ms ({segment.status} then), "
+        log(f"  created '{label}': answered in {answered * 1000:.0f} ms ({status}), "
             f"{segment.member_count:,} members ready after {ready:.2f} s")
         first = first or segment.pk
         query, params = rule_language.compile_query(segment.compiled, now=NOW)

@@ -16,6 +16,7 @@ from django.dispatch import receiver
 
 from customers.signals import customers_changed
 from customers.timeline import Change
+from segments.models import Segment
 
 from . import executor
 from . import graph as graphs
@@ -237,12 +238,15 @@ def trigger_event(config: dict) -> str | None:
 
 
 def _segment_entries(change: Change, name: str, config: dict, prop: str) -> list[executor.Entry]:
-    """Customers who entered (or left) the trigger's segment in this change."""
+    """Customers who entered (or left) the trigger's segment in this change, each with the
+    event's properties as the run's context."""
     segment = config["segment"]
-    context = {"segment_id": segment}
-    run_key = str(context.get(prop, "")) if prop else ""
-    return [executor.Entry(customer, dict(context), run_key)
-            for customer in sorted(change.memberships.get((name, segment), ()))]
+    customers = sorted(change.memberships.get((name, segment), ()))
+    if not customers:
+        return []
+    context = {"segment_id": segment, "segment": Segment.objects.filter(pk=segment).values_list("name", flat=True).first()}
+    run_key = str(context.get(prop) or "") if prop else ""
+    return [executor.Entry(customer, dict(context), run_key) for customer in customers]
 
 
 def _history_entries(change: Change, name: str, config: dict, prop: str, now) -> list[executor.Entry]:

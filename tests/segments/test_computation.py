@@ -219,7 +219,9 @@ def test_entries_of_a_background_recomputation_reach_a_live_journey(people):
     version = live_version(graph)
     services.segment_update(segment=segment, actor="t", rules={"any": [EXPERTS, LEADS]})
     run_background_tasks()
-    assert set(Enrollment.objects.filter(version=version).values_list("customer__external_id", flat=True)) == {"cyd"}
+    (run,) = Enrollment.objects.filter(version=version)
+    assert run.customer.external_id == "cyd"
+    assert run.context["entry"] == {"segment_id": segment.pk, "segment": "Experts"}
     assert segment_events("cyd") == [("segment.entered", segment.pk)]
 
 
