@@ -101,6 +101,7 @@ class Drainer:
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
+        self._stopping = False
 
     def wake(self) -> None:
         if not settings.TRACKING_DRAIN_IN_WEB:
@@ -113,11 +114,23 @@ class Drainer:
                     self._thread.start()
         self._wake.set()
 
+    def stop(self) -> None:
+        """Stop this process's thread and wait for it (before its database goes away, as at the
+        end of a test session); the next hit starts it again."""
+        with self._lock:
+            thread, self._stopping = self._thread, True
+            self._wake.set()
+            if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+                thread.join(timeout=10)
+            self._thread, self._stopping = None, False
+
     def _run(self) -> None:
         rest_until = 0.0
-        while True:
+        while not self._stopping:
             self._wake.wait(settings.TRACKING_DRAIN_POLL)
             self._wake.clear()
+            if self._stopping:
+                return
             pause = rest_until - time.monotonic()
             if pause > 0:
                 time.sleep(pause)

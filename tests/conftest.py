@@ -110,6 +110,11 @@ def channel_layer_on_test_database(django_db_setup, django_db_blocker):
         config["NAME"] = connection.settings_dict["NAME"]
         channel_layers.backends.clear()
     yield
+    # A test that served opens started this process's drainer thread; it must not look for
+    # queued hits in a database that is about to be dropped.
+    from campaigns.engagement import drainer
+
+    drainer.stop()
     # The layer keeps LISTEN connections open; close them so the test database can be dropped.
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute(
