@@ -115,7 +115,7 @@ def test_the_page_shows_a_new_segment_computing_and_then_its_members(client, mar
     page = response.content.decode()
     assert "its members are being computed" in page
     assert "Computing the members" in page and "Waiting for a worker" in page
-    assert "No estimate yet" in page
+    assert "Waiting for a background worker to start it" in page
 
     run_background_tasks()
     segment = Segment.objects.get(name="Experts")
