@@ -122,15 +122,6 @@ def _in_flight(journey_id: int, version_ids: list[int], customer_ids: set[int], 
         return [pk for (pk,) in cursor.fetchall()]
 
 
-def _members(segment_id: int, customer_ids: set[int]) -> set[int]:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT customer_id FROM segments_segmentmembership WHERE segment_id = %s AND customer_id = ANY(%s)",
-            [segment_id, sorted(customer_ids)],
-        )
-        return {pk for (pk,) in cursor.fetchall()}
-
-
 def _unsubscribed(topic_key: str, customer_ids: set[int]) -> set[int]:
     """Customers subscribed to the topic on no channel any more."""
     with connection.cursor() as cursor:
@@ -153,15 +144,14 @@ def _goals_and_exits(state: _Running, change: Change, names: set[str], now) -> N
             goal = settings_.get("goal") or {}
             if goal.get("event") in names:
                 reached = change.customers_with([goal["event"]])
-            elif goal.get("segment") and "segment.entered" in names:
-                reached = _members(goal["segment"], change.customers_with(["segment.entered"]))
+            elif goal.get("segment"):
+                reached = set(change.memberships.get(("segment.entered", goal["segment"]), ()))
             leaving: set[int] = set()
             for rule in settings_.get("exits") or []:
                 if rule.get("event") in names:
                     leaving |= change.customers_with([rule["event"]])
-                elif rule.get("segment_left") and "segment.exited" in names:
-                    who = change.customers_with(["segment.exited"])
-                    leaving |= who - _members(rule["segment_left"], who)
+                elif rule.get("segment_left"):
+                    leaving |= change.memberships.get(("segment.exited", rule["segment_left"]), frozenset())
                 elif rule.get("unsubscribed") and "subscription.changed" in names:
                     leaving |= _unsubscribed(rule["unsubscribed"], change.customers_with(["subscription.changed"]))
             if not reached and not leaving:
@@ -181,12 +171,13 @@ def _ranges(change: Change, names: set[str]) -> list[dict]:
     return [{"name": name, "lo": span[0], "hi": span[1]} for name, span in change.event_ids.items() if name in names]
 
 
-def _membership_rows(change: Change, names: set[str]) -> list[dict]:
-    """Segment entries and exits of ``change`` under ``names``, as event rows (they are not
-    rows of the timeline table: see ``segments.history``)."""
-    return [{"customer_id": customer, "name": name, "properties": {"segment_id": segment}}
-            for (name, segment), customers in change.memberships.items() if name in names
-            for customer in customers]
+def _membership_rows(change: Change, names: set[str], segment: int | None = None) -> list[dict]:
+    """Segment entries and exits of ``change`` under ``names`` (of ``segment`` only, when
+    given), as event rows with the properties ``segments.history`` gives them."""
+    keys = [(name, pk) for name, pk in change.memberships if name in names and segment in (None, pk)]
+    titles = dict(Segment.objects.filter(pk__in={pk for _, pk in keys}).values_list("pk", "name")) if keys else {}
+    return [{"customer_id": customer, "name": name, "properties": {"segment_id": pk, "segment": titles.get(pk)}}
+            for name, pk in keys for customer in sorted(change.memberships[(name, pk)])]
 
 
 def _resume_waits(change: Change, names: set[str], now) -> None:
@@ -240,13 +231,9 @@ def trigger_event(config: dict) -> str | None:
 def _segment_entries(change: Change, name: str, config: dict, prop: str) -> list[executor.Entry]:
     """Customers who entered (or left) the trigger's segment in this change, each with the
     event's properties as the run's context."""
-    segment = config["segment"]
-    customers = sorted(change.memberships.get((name, segment), ()))
-    if not customers:
-        return []
-    context = {"segment_id": segment, "segment": Segment.objects.filter(pk=segment).values_list("name", flat=True).first()}
-    run_key = str(context.get(prop) or "") if prop else ""
-    return [executor.Entry(customer, dict(context), run_key) for customer in customers]
+    return [executor.Entry(row["customer_id"], row["properties"],
+                           str(row["properties"].get(prop) or "") if prop else "")
+            for row in _membership_rows(change, {name}, segment=config["segment"])]
 
 
 def _history_entries(change: Change, name: str, config: dict, prop: str, now) -> list[executor.Entry]:

@@ -36,12 +36,11 @@ def computation_request(*, segment_ids: list[int]) -> dict[int, MembershipChange
     """
     if not segment_ids:
         return {}
-    now = timezone.now()
     estimates = _estimates(segment_ids)
     for pk in segment_ids:
         Segment.objects.filter(pk=pk, kind=Segment.Kind.DYNAMIC).update(
             status=Segment.Status.COMPUTING, generation=F("generation") + 1, compute_phase=Segment.Phase.QUEUED,
-            compute_requested_at=now, compute_started_at=None, compute_estimate_ms=estimates.get(pk), compute_error="",
+            compute_started_at=None, compute_estimate_ms=estimates.get(pk), compute_error="",
         )
     generations = dict(Segment.objects.filter(pk__in=segment_ids, kind=Segment.Kind.DYNAMIC).values_list("pk", "generation"))
     chain = [[pk, generations[pk]] for pk in segment_ids if pk in generations]
@@ -163,11 +162,12 @@ def segment_compute(*, segment_id: int, generation: int) -> MembershipChange | N
         )
         return None
     finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f"DROP TABLE IF EXISTS {table}")
         if first:
             # Superseded or failed before its table became the segment's: it goes.
             storage.discard(segment_id, generation)
+        else:
+            with connection.cursor() as cursor:
+                cursor.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def _announce_entries(segment_id: int, at: datetime) -> None:

@@ -64,7 +64,6 @@ class Segment(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.READY, editable=False)
     generation = models.PositiveIntegerField(default=0, editable=False)
     compute_phase = models.CharField(max_length=16, choices=Phase.choices, blank=True, default="", editable=False)
-    compute_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
     compute_started_at = models.DateTimeField(null=True, blank=True, editable=False)
     compute_estimate_ms = models.PositiveIntegerField(
         null=True, blank=True, editable=False, help_text="How long the running computation should take"
@@ -114,7 +113,7 @@ class SegmentMembership(models.Model):
     pk = models.CompositePrimaryKey("segment_id", "customer_id")
     # A membership is written by set-based statements that select existing customers while
     # holding the segment's row lock, so the database checks nothing per row: no foreign key
-    # triggers and no index beyond the two the reads use (deletes cascade through Django).
+    # triggers (deletes cascade through Django).
     segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="memberships",
                                 db_constraint=False, db_index=False)
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="segment_memberships",
@@ -122,8 +121,8 @@ class SegmentMembership(models.Model):
     entered_at = models.DateTimeField(default=timezone.now)
     entered_by = models.CharField(max_length=255, blank=True, default="", help_text="Who added them, when a person did")
 
-    # The table is partitioned by segment, its primary key (customer_id, segment_id): see
-    # segments.storage and migration 0007.
+    # The table is partitioned by segment, each partition with a unique index on customer_id:
+    # see segments.storage and migration 0007.
 
     def __str__(self) -> str:
         return f"{self.customer_id} in {self.segment_id}"

@@ -11,7 +11,8 @@ from django.db.models import OuterRef, Subquery, prefetch_related_objects
 from django.http import Http404
 from django.utils import timezone
 
-from customers.models import Customer, Event, Topic
+from customers.models import Customer, Event, EventCategory, Topic
+from customers.queries import timeline_page
 from core.errors import FieldError
 from customers.roles import can_use_marketing, can_view_customers
 
@@ -107,16 +108,13 @@ def segment_members_page(segment: Segment, *, limit: int = 50, cursor: int | Non
 
 def segment_recent_changes(segment: Segment, *, limit: int = 20) -> list[Event]:
     """The latest customers who entered or left the segment, as timeline events."""
-    events = _history(history.events_sql("h.segment_id = %(segment)s", limit="%(limit)s"),
-                      {"segment": segment.pk, "limit": limit})
+    relation = history.events_sql("h.segment_id = %(segment)s", limit="%(limit)s")
+    events = list(Event.objects.raw(
+        f"SELECT * FROM {relation} e ORDER BY e.occurred_at DESC, e.id DESC LIMIT %(limit)s",
+        {"segment": segment.pk, "limit": limit},
+    ))
     prefetch_related_objects(events, "customer")
     return events
-
-
-def _history(relation: str, params: dict) -> list[Event]:
-    return list(Event.objects.raw(
-        f"SELECT * FROM {relation} e ORDER BY e.occurred_at DESC, e.id DESC LIMIT %(limit)s", params
-    ))
 
 
 def segment_sizes(segment: Segment, *, days: int = 30) -> list[SegmentSize]:
@@ -131,9 +129,8 @@ def customer_segments(customer_id: int) -> list[SegmentMembership]:
 
 
 def customer_segment_history(customer_id: int, *, limit: int = 20) -> list[Event]:
-    """The customer's latest entries into and exits from segments, as timeline events."""
-    return _history(history.events_sql("h.customer_id = %(customer)s", limit="%(limit)s"),
-                    {"customer": customer_id, "limit": limit})
+    """The customer's latest entries into and exits from segments: their timeline's segment part."""
+    return timeline_page(customer_id, limit=limit, category=EventCategory.SEGMENT).events
 
 
 def segment_explain(segment: Segment, customer: Customer, *, now: datetime | None = None) -> dict | None:

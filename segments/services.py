@@ -165,18 +165,14 @@ def segment_delete(*, segment: Segment, actor: str) -> None:
         segment.delete()
 
 
-def segment_recompute_now(*, segment: Segment, actor: str) -> MembershipChange | bool:
-    """A person asked for a full recomputation (recorded in the audit trail); it runs like any
-    other. Returns the change when it ran at once, True when it was queued, False for a
-    static segment."""
-    if not segment.is_dynamic:
-        return False
+def segment_recompute_now(*, segment: Segment, actor: str) -> MembershipChange | None:
+    """A person asked for a full recomputation of a dynamic segment (recorded in the audit
+    trail); it runs like any other. The change when it ran at once, None when it was queued
+    (or failed: see the segment's status)."""
     with transaction.atomic():
         audit(actor=actor, action="segment.recomputed", object_type="segment", object_id=segment.pk)
         done = computation.computation_request(segment_ids=_in_dependency_order({segment.pk}))
-    if done is None or done.get(segment.pk) is None:
-        return True
-    return done[segment.pk]
+    return (done or {}).get(segment.pk)
 
 
 def _dynamic_dependencies() -> dict[int, dict]:

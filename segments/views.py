@@ -364,17 +364,16 @@ def _size_chart(segment: Segment, sizes, *, now) -> str:
 @require_POST
 def segment_recompute(request, segment_id: int):
     segment = queries.segment_get_for_user(user=request.user, segment_id=segment_id)
-    change = services.segment_recompute_now(segment=segment, actor=user_actor(request))
-    if change is False:
+    if not segment.is_dynamic:
         messages.info(request, "A static segment is a list: its members change only when you add or remove them.")
-    elif change is True:
-        segment.refresh_from_db(fields=["status", "compute_error"])
-        if segment.status == Segment.Status.FAILED:
-            messages.error(request, f"The computation failed: {segment.compute_error}")
-        else:
-            messages.success(request, f"“{segment.name}” is being recomputed.")
+        return redirect("segments:detail", segment.pk)
+    change = services.segment_recompute_now(segment=segment, actor=user_actor(request))
+    segment.refresh_from_db(fields=["last_full_ms", "status", "compute_error"])
+    if segment.status == Segment.Status.FAILED:
+        messages.error(request, f"The computation failed: {segment.compute_error}")
+    elif change is None:
+        messages.success(request, f"“{segment.name}” is being recomputed.")
     else:
-        segment.refresh_from_db(fields=["last_full_ms", "status", "compute_error"])
         moved = f"{change.entered:,} entered, {change.exited:,} left" if change.entered or change.exited else "nobody entered or left"
         messages.success(
             request, f"Recomputed in {segment.last_full_ms or 0:,} ms: {counted(change.size, 'member')}, {moved}."

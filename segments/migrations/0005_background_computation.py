@@ -29,11 +29,6 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name='segment',
-            name='compute_requested_at',
-            field=models.DateTimeField(blank=True, editable=False, null=True),
-        ),
-        migrations.AddField(
-            model_name='segment',
             name='compute_started_at',
             field=models.DateTimeField(blank=True, editable=False, null=True),
         ),
