@@ -310,3 +310,26 @@ def test_journeys_hear_entries_as_events_too(people):
     assert set(Enrollment.objects.filter(version=version).values_list("customer__external_id", flat=True)) == {"cyd"}
     run.refresh_from_db()
     assert (run.node, run.status) == ("end", "completed")
+
+
+def test_an_exit_rule_on_one_segment_ignores_leaving_another(people):
+    from tests.journeys.factories import waiting_at
+
+    experts = services.segment_create(name="Experts", rules=EXPERTS, actor="t")
+    leads = services.segment_create(name="Leads", rules=LEADS, actor="t")
+    run_background_tasks()
+    graph = {"nodes": [{"id": "start", "type": "trigger", "label": "API", "config": {"kind": "api"}},
+                       {"id": "wait", "type": "wait", "label": "Wait", "config": {"kind": "duration", "minutes": 60}},
+                       {"id": "end", "type": "exit", "label": "Exit", "config": {}}],
+             "edges": [{"from": "start", "port": "out", "to": "wait"}, {"from": "wait", "port": "out", "to": "end"}],
+             "settings": {"reentry": {"mode": "once"}, "exits": [{"segment_left": experts.pk}]}}
+    version = live_version(graph)
+    ada, cyd = waiting_at(version, "wait", customer=people["ada"]), waiting_at(version, "wait", customer=people["cyd"])
+
+    # Cyd, never an expert, leaves Leads: her run goes on. Ada leaves Experts: hers ends.
+    services.segment_update(segment=leads, actor="t", rules={"attr": "lifecycle_stage", "op": "eq", "value": "none"})
+    services.segment_update(segment=experts, actor="t", rules={"attr": "external_id", "op": "eq", "value": "bob"})
+    run_background_tasks()
+    ada.refresh_from_db()
+    cyd.refresh_from_db()
+    assert (cyd.status, ada.status) == ("waiting", "exited")
