@@ -10,6 +10,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", api.urls),
     re_path(r"^api/", not_found),
+    # Segment's HTTP tracking API, for Segment and RudderStack SDKs pointed here.
+    path("v1/", include("customers.source_urls")),
     path("accounts/", include("accounts.urls")),
     path("customers/", include("customers.urls")),
     path("segments/", include("segments.urls")),

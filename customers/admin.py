@@ -128,16 +128,19 @@ class CustomerAdmin(BigTableAdmin):
     search_help_text = "Email, name, external id, customer id, or at least 4 digits of a phone number."
     # Ordering by the primary key walks its index; the stages and dates are not indexed for it.
     ordering = ("-id",)
-    readonly_fields = ("created_at", "updated_at", "last_seen_at", "timeline")
+    readonly_fields = ("created_at", "updated_at", "last_seen_at", "timeline", "anonymous_id", "merged_into", "merged_at")
     fieldsets = (
         (None, {"fields": ("external_id", "email", "phone", "first_name", "last_name")}),
         ("Profile", {"fields": ("locale", "timezone", "lifecycle_stage", "attributes")}),
         ("History", {"fields": ("created_at", "updated_at", "last_seen_at", "timeline")}),
+        ("Anonymous visitor", {"fields": ("anonymous_id", "merged_into", "merged_at"), "classes": ("collapse",)}),
     )
     inlines = (SubscriptionInline, ConsentStateInline, DeviceInline)
 
     @admin.display(description="name")
     def customer_name(self, obj: Customer) -> str:
+        if not obj.full_name and obj.is_anonymous:
+            return f"Anonymous visitor {obj.short_anonymous_id}"
         return obj.full_name or f"Customer {obj.pk}"
 
     @admin.display(description="timeline")
@@ -400,8 +403,11 @@ class EmailRequestAdmin(ReadOnlyAdmin):
 class ApiKeyAddForm(forms.ModelForm):
     class Meta:
         model = ApiKey
-        fields = ("name",)
-        help_texts = {"name": "What the key is for, e.g. 'web-tracking' or 'crm-sync'."}
+        fields = ("name", "scope")
+        help_texts = {
+            "name": "What the key is for, e.g. 'web-tracking' or 'crm-sync'.",
+            "scope": "A write key is for Segment and RudderStack SDKs (safe in web pages); it cannot open the JSON API.",
+        }
 
 
 class RevokedFilter(admin.SimpleListFilter):
@@ -421,11 +427,11 @@ class RevokedFilter(admin.SimpleListFilter):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("name", "prefix", "created_at", "created_by", "last_used_at", "revoked_at")
-    list_filter = (RevokedFilter,)
+    list_display = ("name", "scope", "prefix", "created_at", "created_by", "last_used_at", "revoked_at")
+    list_filter = (RevokedFilter, "scope")
     search_fields = ("name", "prefix")
     actions = ("revoke_selected",)
-    readonly_fields = ("prefix", "created_at", "created_by", "last_used_at", "revoked_at")
+    readonly_fields = ("scope", "prefix", "created_at", "created_by", "last_used_at", "revoked_at")
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is None:
@@ -434,8 +440,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def get_fields(self, request, obj=None):
         if obj is None:
-            return ("name",)
-        return ("name", "prefix", "created_at", "created_by", "last_used_at", "revoked_at")
+            return ("name", "scope")
+        return ("name", "scope", "prefix", "created_at", "created_by", "last_used_at", "revoked_at")
 
     def get_readonly_fields(self, request, obj=None):
         return () if obj is None else self.readonly_fields
@@ -449,7 +455,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
             super().save_model(request, obj, form, change)
             _audit_admin_change(request, obj, form, change, "api_key")
             return
-        key, raw = api_keys.api_key_create(name=form.cleaned_data["name"], created_by=request.user)
+        key, raw = api_keys.api_key_create(
+            name=form.cleaned_data["name"], scope=form.cleaned_data["scope"], created_by=request.user
+        )
         _adopt(obj, key)
         messages.success(request, f"Copy this key now, it will not be shown again: {raw}")
 

@@ -85,6 +85,14 @@ class Customer(models.Model):
     created_at = models.DateTimeField(default=tz.now, editable=False)
     updated_at = models.DateTimeField(default=tz.now)
     last_seen_at = models.DateTimeField(null=True, blank=True)
+    # A visitor known only by the id a Segment or RudderStack SDK gave their browser or app.
+    anonymous_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    # Set when the visitor turned out to be a known customer: their history moved there, and
+    # this row stays behind (hidden) so that later events with the same anonymous id follow.
+    merged_into = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="merged_profiles"
+    )
+    merged_at = models.DateTimeField(null=True, blank=True)
 
     objects = CustomerQuerySet.as_manager()
 
@@ -117,8 +125,21 @@ class Customer(models.Model):
         return " ".join(part for part in (self.first_name, self.last_name) if part)
 
     @property
+    def is_anonymous(self) -> bool:
+        """Known only by an SDK's anonymous id: no external id, no email."""
+        return bool(self.anonymous_id) and not self.external_id and not self.email
+
+    @property
+    def short_anonymous_id(self) -> str:
+        text = self.anonymous_id or ""
+        return text if len(text) <= 8 else text[:8] + "…"
+
+    @property
     def display_name(self) -> str:
-        return self.full_name or self.email or self.phone or self.external_id or f"Customer {self.pk}"
+        name = self.full_name or self.email or self.phone or self.external_id
+        if not name and self.anonymous_id:
+            return f"Anonymous visitor {self.short_anonymous_id}"
+        return name or f"Customer {self.pk}"
 
 
 class Device(models.Model):
@@ -355,11 +376,20 @@ class ApiKeyQuerySet(models.QuerySet):
 
 
 class ApiKey(models.Model):
-    """A bearer key for the JSON API. Only its SHA-256 is stored; the key is shown once."""
+    """A key for the JSON API, or a source's write key. Only its SHA-256 is stored; the key
+    is shown once."""
+
+    class Scope(models.TextChoices):
+        # Kept apart: a write key ships inside web pages and apps, where anyone can read it,
+        # so it must never open the JSON API; and an API key is never sent to browsers.
+        API = "api", "JSON API (Bearer key for /api/v1/)"
+        SOURCE = "source", "Source write key (Segment-compatible /v1/ only)"
 
     PREFIX = "sb_"
+    SOURCE_PREFIX = "sbw_"
 
     name = models.CharField(max_length=120)
+    scope = models.CharField(max_length=16, choices=Scope.choices, default=Scope.API)
     prefix = models.CharField(max_length=16, editable=False, help_text="First characters, to recognise a key")
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
     created_at = models.DateTimeField(default=tz.now, editable=False)
@@ -383,8 +413,15 @@ class ApiKey(models.Model):
         return hashlib.sha256(raw_key.encode()).hexdigest()
 
     @classmethod
-    def generate(cls) -> str:
-        return cls.PREFIX + secrets.token_urlsafe(32)
+    def generate(cls, scope: str = "api") -> str:
+        prefix = cls.SOURCE_PREFIX if scope == cls.Scope.SOURCE else cls.PREFIX
+        return prefix + secrets.token_urlsafe(32)
+
+    @property
+    def source_name(self) -> str:
+        """The ``source`` of the events sent with this write key: idempotency keys (Segment's
+        messageId) are unique per source, so each key gets its own, stable across renames."""
+        return f"source:{self.pk}"
 
 
 class EmailRequest(models.Model):

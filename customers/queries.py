@@ -44,8 +44,11 @@ def customer_with_profile(customer_id: int) -> Customer | None:
 
 
 def customers_search(*, term: str = "", stage: str = "", reachable: str = ""):
-    """Customers matching a search term (email, phone, name, external id) and filters."""
-    queryset = Customer.objects.search(term)
+    """Customers matching a search term (email, phone, name, external id) and filters.
+
+    Anonymous visitors merged into a known customer are left out: their history is on that
+    customer's page now."""
+    queryset = Customer.objects.search(term).filter(merged_into__isnull=True)
     if stage:
         queryset = queryset.filter(lifecycle_stage=stage)
     if reachable:
@@ -174,3 +177,11 @@ def consent_ledger(customer: Customer, *, limit: int = 10) -> list[Consent]:
 def topic_names() -> dict[str, str]:
     """Topic key → display name."""
     return dict(Topic.objects.values_list("key", "name"))
+
+
+def linked_anonymous_ids(customer: Customer, *, limit: int = 20) -> list[Customer]:
+    """The anonymous visitors merged into ``customer``, most recently merged first."""
+    return list(
+        Customer.objects.filter(merged_into=customer).only("id", "anonymous_id", "merged_at")
+        .order_by("-merged_at", "-id")[:limit]
+    )

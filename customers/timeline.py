@@ -364,3 +364,40 @@ def copy_rows(cursor, rows: Iterable[tuple]) -> int:
     with _collecting() as pending:
         pending.add_by_name(by_name)
     return count
+
+
+# --- Moving rows between customers -----------------------------------------------------------
+
+
+def move(*, from_customer_id: int, to_customer_id: int, keep: Iterable[str] = ()) -> dict[str, int]:
+    """Move every timeline row of one customer to another in one statement (an anonymous
+    visitor's history joining the customer they turned out to be). Call inside a transaction
+    holding both customer rows' locks.
+
+    The moved event names are reported for BOTH customers in the transaction's one signal:
+    rules that read those events now match the one who has them and may stop matching the
+    one who lost them, so segments re-evaluate both and journeys and conversions see the
+    history. Rows named in ``keep`` stay (the entry saying the first one was created).
+    Returns how many rows moved, per event name.
+    """
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH moved AS (
+                UPDATE {TABLE} SET customer_id = %(to)s
+                WHERE customer_id = %(from)s AND NOT (name = ANY(%(keep)s))
+                RETURNING id, name
+            )
+            SELECT name, count(*), min(id), max(id) FROM moved GROUP BY name
+            """,
+            {"from": from_customer_id, "to": to_customer_id, "keep": list(keep)},
+        )
+        rows = cursor.fetchall()
+    counts = {name: int(count) for name, count, _, _ in rows}
+    with _collecting() as pending:
+        pending.add([from_customer_id, to_customer_id], counts)
+        for name, _, low, high in rows:
+            pending.add_ids(name, low, high)
+    return counts

@@ -218,6 +218,10 @@ def _apply_profile(customer: Customer, item: CustomerInput) -> dict:
     return changes
 
 
+# Public for the source API, which applies traits to anonymous visitors' profiles.
+profile_apply = _apply_profile
+
+
 def customer_save(*, customer: Customer, changes: dict, created: bool, source: str, actor: str) -> Customer:
     """Save a profile edited as a whole (Django admin), with its timeline entry.
 
