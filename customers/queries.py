@@ -16,6 +16,10 @@ from .models import ChannelKind, Consent, ConsentState, Customer, Event, EventCa
 from .roles import can_view_customers
 
 
+# How many anonymous ids merged into a customer the page lists.
+LINKED_ANONYMOUS_IDS = 20
+
+
 class InvalidCursor(ValueError):
     pass
 
@@ -179,9 +183,11 @@ def topic_names() -> dict[str, str]:
     return dict(Topic.objects.values_list("key", "name"))
 
 
-def linked_anonymous_ids(customer: Customer, *, limit: int = 20) -> list[Customer]:
-    """The anonymous visitors merged into ``customer``, most recently merged first."""
+
+def linked_anonymous_ids(customer: Customer) -> list[Customer]:
+    """The anonymous visitors merged into ``customer`` (see ``customers.services.sources``),
+    most recently merged first."""
     return list(
-        Customer.objects.filter(merged_into=customer).only("id", "anonymous_id", "merged_at")
-        .order_by("-merged_at", "-id")[:limit]
+        Customer.objects.filter(merged_into=customer).only("id", "anonymous_id", "merged_at", "merged_into_id")
+        .order_by("-merged_at", "-id")[:LINKED_ANONYMOUS_IDS]
     )

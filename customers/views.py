@@ -191,6 +191,7 @@ def _detail_context(customer, *, filters: dict, page: queries.TimelinePage) -> d
         "consent": [(value, label, consent[value]) for value, label in ChannelKind.choices],
         "ledger": queries.consent_ledger(customer, limit=CONSENT_LEDGER_SIZE),
         "devices": list(customer.devices.all()),
+        "anonymous_ids": queries.linked_anonymous_ids(customer),
         "note_form": NoteForm(),
         "filters": filters,
         **_timeline_context(page, {topic.key: topic.name for topic, _ in matrix}),
@@ -250,6 +251,16 @@ def _entry(event: Event, topic_names: dict[str, str]) -> TimelineEntry:
         return TimelineEntry(
             event, f"Consent {verb} for {channel}", label, text=str(props.pop("wording", "")), details=_details(props)
         )
+    if name == "customer.merged":
+        anonymous_id = str(props.pop("anonymous_id", "") or "?")
+        short = anonymous_id if len(anonymous_id) <= 8 else anonymous_id[:8] + "…"
+        moved = props.pop("events_moved", 0)
+        props.pop("anonymous_customer_id", None)
+        for key in ("devices_moved", "subscriptions_moved"):
+            if not props.get(key):
+                props.pop(key, None)
+        title = f"Merged anonymous visitor {short}: {moved} {'event' if moved == 1 else 'events'}"
+        return TimelineEntry(event, title, label, details=[("anonymous id", anonymous_id)] + _details(props))
     if name == "customer.created":
         return TimelineEntry(event, "Profile created", label, details=_details(props))
     if name == "customer.updated":

@@ -190,9 +190,10 @@ def test_support_users_are_kept_out_of_admin(client, support):
 
 def test_api_key_add_shows_the_raw_key_once_and_stores_only_its_hash(admin_client):
     response = admin_client.get(admin_url(ApiKey, "add"))
-    assert list(response.context["adminform"].form.fields) == ["name"]
+    assert list(response.context["adminform"].form.fields) == ["name", "scope"]
 
-    response = admin_client.post(admin_url(ApiKey, "add"), {"name": "crm-sync", "_save": "Save"}, follow=True)
+    response = admin_client.post(admin_url(ApiKey, "add"), {"name": "crm-sync", "scope": "api", "_save": "Save"},
+                                 follow=True)
 
     assert response.status_code == 200
     shown = [str(m) for m in response.context["messages"] if "Copy this key now" in str(m)]

@@ -277,8 +277,8 @@ def test_the_customer_page_shows_profile_preferences_consent_devices_and_timelin
 def test_the_customer_page_runs_a_fixed_number_of_queries(client, support, profile, django_assert_num_queries):
     seed_timeline(profile, count=80)
     client.force_login(support)
-    # session, user, roles, customer + 3 prefetches, topics, reachability, ledger, timeline
-    with django_assert_num_queries(11):
+    # session, user, roles, customer + 3 prefetches, topics, reachability, ledger, anonymous ids, timeline
+    with django_assert_num_queries(12):
         response = client.get(reverse("customers:detail", args=[profile.pk]))
     assert len(event_ids(response.content.decode())) == 50
 
