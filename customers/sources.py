@@ -443,7 +443,11 @@ def batch(request) -> HttpResponse:
 @csrf_exempt
 def message(request, kind: str) -> HttpResponse:
     """``POST /v1/<type>`` (or analytics.js's ``/v1/<first letter>``): one message."""
-    return _handle(request, SHORT_PATHS.get(kind, kind))
+    kind = SHORT_PATHS.get(kind, kind)
+    if kind not in KINDS:
+        return _error(request, 404, f"No source API endpoint at {request.path[:200]}; send to /v1/batch or "
+                                    f"/v1/<type> with a type of {', '.join(KINDS)}.")
+    return _handle(request, kind)
 
 
 @csrf_exempt

@@ -93,6 +93,9 @@ ADMIN_SITE = Access("admins, in Django admin", {
     role: frozenset({ANSWERED, FORBIDDEN} if role == "admin" else {ADMIN_SIGN_IN}) for role in ROLES
 })
 API = Access("API clients with a key (a session is not a key)", _everyone(NO_KEY), ids_exist=True, api=True)
+# The Segment-compatible source API: a source write key only (a session or a JSON API key is not one).
+SOURCE = Access("Segment and RudderStack SDKs with a write key", _everyone(NO_KEY), api=True)
+SOURCE_SETTINGS = Access("analytics.js, with a write key in the path", _everyone(NO_KEY))
 
 # Keyed by URL name ("customers:detail"), by namespace ("admin:", for URLs a library makes),
 # or, for a pattern without a name, by its route. The longest matching key wins.
@@ -187,6 +190,10 @@ ACCESS: dict[str, Access] = {
     "api:openapi-json": PUBLIC,
     "api:openapi-view": PUBLIC,
     "^api/": PUBLIC,
+    # Segment's tracking API and analytics.js's settings, for SDKs with a source write key.
+    "sources:batch": SOURCE,
+    "sources:message": SOURCE,
+    "sources:settings": SOURCE_SETTINGS,
     # Django admin, with its own sign-in page; signing out asks nothing of anyone.
     "admin:": ADMIN_SITE,
     "admin:login": PUBLIC,
@@ -315,6 +322,8 @@ def path_values(objects, user) -> dict[str, object]:
         "message_id": SandboxMessage.objects.filter(channel="email").first().pk,  # the email frame needs an email
         "frame_key": "0" * 32,
         "token": "not-a-valid-token",
+        "kind": "track",
+        "write_key": "sbw_not-a-write-key",
         "uidb64": "MQ",
         # Django admin.
         "app_label": "customers",

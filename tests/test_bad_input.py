@@ -7,6 +7,7 @@ request could write to, before and after.
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import timedelta
 
@@ -414,3 +415,46 @@ def test_the_webhook_of_an_esp_that_is_not_configured_is_not_found(client, setti
     client.raise_request_exception = False
     response = client.post("/webhooks/anymail/mailgun/tracking/", b"{}", content_type="application/json")
     assert response.status_code == 404
+
+
+# --- The Segment-compatible source API (/v1/) ---------------------------------------------------
+
+# (name, path, body as raw JSON text, field named in the errors, index of the message when batched)
+SOURCE_CASES = [
+    ("nul in a userId", "track", '{"userId": "u\\u0000", "event": "x"}', "userId", None),
+    ("nul in a trait", "identify", '{"userId": "u", "traits": {"plan": "p\\u0000"}}', "traits.plan", None),
+    ("nul in a property name", "track", json.dumps({"userId": "u", "event": "x", "properties": {"a" + NUL: 1}}),
+     "properties", None),
+    ("NaN property", "track", '{"userId": "u", "event": "x", "properties": {"total": NaN}}', "properties.total", None),
+    ("Infinity in a batch", "batch", '{"batch": [{"type": "track", "userId": "u", "event": "x", '
+     '"properties": {"n": [1, Infinity]}}]}', "properties.n[1]", 0),
+    ("timestamp in year 1", "track", '{"userId": "u", "event": "x", "timestamp": "0001-01-01T00:00:00+14:00"}',
+     "timestamp", None),
+    ("timestamp past year 9999", "page", '{"userId": "u", "timestamp": "9999-12-31T23:59:59-14:00"}',
+     "timestamp", None),
+    ("sentAt that overflows the correction", "batch", '{"batch": [{"type": "track", "userId": "u", "event": "x", '
+     '"timestamp": "9999-12-31T00:00:00Z", "sentAt": "0001-01-01T00:00:00Z"}]}', "timestamp", 0),
+    ("invalid phone trait", "identify", '{"userId": "u", "traits": {"phone": "+1"}}', "traits.phone", None),
+    ("invalid email trait in a batch", "batch",
+     '{"batch": [{"type": "identify", "userId": "u", "traits": {"email": "nope"}}]}', "traits.email", 0),
+    ("a batch context that is not an object", "batch", '{"batch": [{"type": "track", "userId": "u", "event": "x"}], "context": []}',
+     "context", None),
+    ("a batch that is not a list", "batch", '{"batch": {"type": "track"}}', "batch", None),
+    ("an event name reserved for the platform", "track", '{"userId": "u", "event": "segment.entered"}', "event", None),
+]
+
+
+@pytest.mark.parametrize("path, body, field, index", [case[1:] for case in SOURCE_CASES],
+                         ids=[case[0] for case in SOURCE_CASES])
+def test_bad_source_api_input_is_a_400_naming_the_field_and_writes_nothing(client, path, body, field, index):
+    from customers.models import ApiKey
+    from customers.services import api_keys
+
+    _, key = api_keys.api_key_create(name="web", scope=ApiKey.Scope.SOURCE)
+    before = snapshot()
+    auth = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+    response = client.post(f"/v1/{path}", body, content_type="text/plain", headers={"Authorization": auth})
+    assert response.status_code == 400, response.content
+    errors = response.json()["errors"]
+    assert (index, field) in [(error.get("index"), error["field"]) for error in errors], errors
+    assert snapshot() == before

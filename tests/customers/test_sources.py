@@ -343,3 +343,14 @@ def test_segments_see_the_merged_history(client, write_key):
     send(client, "identify", {"anonymousId": "seg-visitor", "userId": "trialist"}, key=write_key)
     known = Customer.objects.get(external_id="trialist")
     assert set(SegmentMembership.objects.filter(segment=segment).values_list("customer_id", flat=True)) == {known.pk}
+
+
+def test_every_path_the_sdks_use_is_served_and_others_are_a_json_404(client, write_key):
+    for path in ("identify", "track", "page", "screen", "group", "alias", "i", "t", "p", "s", "g", "a"):
+        response = send(client, path, {"userId": "u", "previousId": "p", "event": "x", "groupId": "g"}, key=write_key)
+        assert response.status_code == 200, (path, response.content)
+    for path in ("batch", "b", "import"):
+        assert send(client, path, {"batch": [{"type": "track", "userId": "u", "event": "x"}]},
+                    key=write_key).status_code == 200
+    response = send(client, "nothing", {}, key=write_key)
+    assert response.status_code == 404 and response.json()["message"].startswith("No source API endpoint")
