@@ -268,12 +268,17 @@ def _occurred_at(check: _Checker, message: dict, batch_sent_at, now: datetime) -
 NAME_TRAITS = {"firstName": "first_name", "first_name": "first_name", "lastName": "last_name", "last_name": "last_name"}
 
 
-def _profile_from_traits(check: _Checker, traits: dict) -> dict:
-    """Traits as profile fields (CustomerInput names) and attributes for the rest."""
+def _profile_from_traits(check: _Checker, traits: dict, context_traits: dict) -> dict:
+    """Traits as profile fields (CustomerInput names) and attributes for the rest.
+
+    RudderStack's SDKs send an identify's traits as ``context.traits``, Segment's at the top
+    (and some both): the top-level ones win."""
     profile: dict = {}
     attributes: dict = {}
+    where = {key: "context.traits" for key in context_traits} | {key: "traits" for key in traits}
+    traits = {**context_traits, **traits}
     for key, value in traits.items():
-        field = f"traits.{key}"
+        field = f"{where[key]}.{key}"
         if key == "email":
             if (email := check.normalised(normalize_email, value, field)) is not None:
                 profile["email"] = email
@@ -299,7 +304,7 @@ def _profile_from_traits(check: _Checker, traits: dict) -> dict:
                               "digits and underscores (at most 64)")
         else:
             attributes[key] = value
-    name = check.text(traits.get("name"), "traits.name", 301)
+    name = check.text(traits.get("name"), f"{where.get('name', 'traits')}.name", 301)
     if name and "first_name" not in profile and "last_name" not in profile:
         first, _, last = name.partition(" ")
         if len(first) > 150 or len(last.strip()) > 150:
@@ -339,7 +344,8 @@ def _message(check: _Checker, message, kind: str | None, *, context: dict, sent_
     traits = check.obj(message, "traits")
     result.occurred_at = _occurred_at(check, message, sent_at, now)
     if kind == "identify":
-        result.profile = _profile_from_traits(check, traits)
+        context_traits = merged_context.get("traits")
+        result.profile = _profile_from_traits(check, traits, context_traits if isinstance(context_traits, dict) else {})
     elif kind == "group":
         group_id = check.ident(message, "groupId")
         if group_id is None:
