@@ -10,8 +10,9 @@ known customer, once:
 - every timeline row moves to the known customer (``customers.timeline.move``);
 - profile fields and attributes the known customer lacks are taken over (known values win);
 - push devices move too, and subscriptions for a topic × channel the known customer has
-  not chosen; consent (an append-only ledger of proof) and channel status stay with the
-  visitor's row, which can no longer be reached anyway;
+  not chosen (the visitor's others are dropped: the customer's own choice stands); consent
+  (an append-only ledger of proof) and channel status stay with the visitor's row, which
+  has no address and cannot be reached;
 - a ``customer.merged`` entry goes on the known customer's timeline;
 - the visitor's row stays as a tombstone (``merged_into``), hidden from search and lists,
   so later events with the same anonymous id land on the known customer. It keeps no
@@ -366,6 +367,10 @@ def visitor_merge(*, anonymous_id: str, customer_id: int, source: str, actor: st
         moved = timeline.move(from_customer_id=visitor_id, to_customer_id=customer_id, keep=["customer.created"])
         cursor.execute(_MERGE, {"visitor": visitor_id, "known": customer_id, "now": now})
         devices, subscriptions, _, _ = cursor.fetchone()
+        # The choices left behind were for cells the customer had chosen themselves: theirs
+        # stand, and the tombstone must not stay in audiences of subscribers.
+        cursor.execute("DELETE FROM customers_subscription WHERE customer_id = %s", [visitor_id])
+        subscriptions_dropped = cursor.rowcount
     properties = {
         "anonymous_id": anonymous_id, "anonymous_customer_id": visitor_id, "events_moved": sum(moved.values()),
         "devices_moved": devices, "subscriptions_moved": subscriptions,
@@ -380,7 +385,7 @@ def visitor_merge(*, anonymous_id: str, customer_id: int, source: str, actor: st
     fields |= {f"attributes.{name}" for name in visitor.attributes or {}}
     if devices:
         fields.add("devices")
-    if subscriptions:
+    if subscriptions or subscriptions_dropped:
         fields.add("subscriptions")
     timeline.changed(customer_ids={visitor_id, customer_id}, fields=fields)
     audit(actor=actor, action="customer.merged", object_type="customer", object_id=customer_id,

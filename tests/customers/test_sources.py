@@ -354,3 +354,50 @@ def test_every_path_the_sdks_use_is_served_and_others_are_a_json_404(client, wri
                     key=write_key).status_code == 200
     response = send(client, "nothing", {}, key=write_key)
     assert response.status_code == 404 and response.json()["message"].startswith("No source API endpoint")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_identifies_of_one_visitor_merge_it_once(live_server, write_key):
+    import threading
+
+    import httpx
+
+    for round_ in range(3):
+        anonymous_id = f"race-visitor-{round_}"
+        with httpx.Client(base_url=live_server.url, headers=basic(write_key), timeout=60) as client:
+            batch = [{"type": "track", "anonymousId": anonymous_id, "event": "Viewed", "messageId": f"{round_}-{i}"}
+                     for i in range(5)]
+            assert client.post("/v1/batch", json={"batch": batch}).status_code == 200
+        identify = {"userId": f"racer-{round_}", "anonymousId": anonymous_id, "traits": {"plan": "pro"}}
+        start = threading.Barrier(4)
+        statuses: list[int] = []
+
+        def post():
+            with httpx.Client(base_url=live_server.url, headers=basic(write_key), timeout=60) as client:
+                start.wait()
+                statuses.append(client.post("/v1/identify", json=identify).status_code)
+
+        threads = [threading.Thread(target=post) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert statuses == [200] * 4
+        known = Customer.objects.get(external_id=f"racer-{round_}")
+        assert names(known).count("customer.merged") == 1
+        assert names(known).count("Viewed") == 5
+        assert Customer.objects.get(anonymous_id=anonymous_id).merged_into_id == known.pk
+
+
+def test_a_merge_moves_the_subscriptions_the_customer_has_not_chosen(client, write_key, customer, topics):
+    from customers.models import Subscription
+
+    send(client, "track", {"anonymousId": "subscriber", "event": "Viewed"}, key=write_key)
+    visitor = Customer.objects.get(anonymous_id="subscriber")
+    Subscription.objects.create(customer=visitor, topic=topics["newsletter"], channel="email", subscribed=True)
+    Subscription.objects.create(customer=visitor, topic=topics["coupons"], channel="sms", subscribed=True)
+    Subscription.objects.create(customer=customer, topic=topics["coupons"], channel="sms", subscribed=False)
+    send(client, "identify", {"anonymousId": "subscriber", "userId": "crm-ada"}, key=write_key)
+    mine = {(s.topic.key, s.channel): s.subscribed for s in Subscription.objects.filter(customer=customer)}
+    assert mine == {("newsletter", "email"): True, ("coupons", "sms"): False}
+    assert not Subscription.objects.filter(customer=visitor).exists()
