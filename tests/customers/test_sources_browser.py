@@ -56,7 +56,9 @@ def test_the_customer_page_shows_the_merged_visitor(live_server, page, shots, su
     # The visitor's own page says where its history went.
     visitor = Customer.objects.get(anonymous_id=VISITOR)
     page.goto(f"{live_server.url}/customers/{visitor.pk}/")
-    expect(page.locator(".alert", has_text="merged into")).to_be_visible()
+    expect(page.locator(".merged-note")).to_contain_text("Merged into customer #")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Anonymous visitor 3f2a9c1e…")
+    page.screenshot(path=shots / "sources-merged-visitor.png")
     page.get_by_role("link", name=f"customer #{customer.pk}").click()
     expect(page.get_by_role("heading", name="Ada Lovelace", level=1)).to_be_visible()
 
