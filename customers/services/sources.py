@@ -32,7 +32,7 @@ from core.audit import audit
 from core.errors import FieldError, InputError
 
 from .. import timeline
-from ..models import ApiKey
+from ..models import ApiKey, Customer
 from . import ingestion, profiles
 from .retry import retry_lost_races
 
@@ -235,8 +235,6 @@ def _visitor_profiles_update(changes: list[tuple[int, dict]], *, source: str, ac
     own values win there as they do in a merge."""
     if not changes:
         return
-    from ..models import Customer
-
     ids = sorted({pk for pk, _ in changes})
     customers = {c.pk: c for c in Customer.objects.select_for_update().filter(pk__in=ids).order_by("pk")}
     changed: dict[int, dict] = {}
@@ -323,8 +321,6 @@ def visitor_merge(*, anonymous_id: str, customer_id: int, source: str, actor: st
     anonymous id never seen before is recorded as merged right away, with nothing to move.
     Returns 1 when a visitor's profile was merged, else 0.
     """
-    from ..models import Customer
-
     now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute("SELECT id FROM customers_customer WHERE anonymous_id = %s", [anonymous_id])
