@@ -454,8 +454,11 @@ JOURNEY_BATCH_SIZE = int(os.environ.get("JOURNEY_BATCH_SIZE", "5000"))
 JOURNEY_TICK_SECONDS = float(os.environ.get("JOURNEY_TICK_SECONDS", "50"))
 # In test mode every wait lasts this many seconds.
 JOURNEY_TEST_WAIT_SECONDS = int(os.environ.get("JOURNEY_TEST_WAIT_SECONDS", "5"))
-# Webhook nodes may call only these hosts (exact names, or ".example.com" for subdomains);
-# without an entry, any public host is allowed and internal addresses never are.
+# Webhooks (journey webhook nodes and outgoing webhook endpoints) may call only these hosts
+# (exact names, or ".example.com" for subdomains); without an entry, any public host is
+# allowed and internal addresses never are. JOURNEY_WEBHOOK_ALLOWED_HOSTS, the list's older
+# name, is still honoured: its entries are added (core/outbound.py).
+WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS", "")
 JOURNEY_WEBHOOK_ALLOWED_HOSTS = env_list("JOURNEY_WEBHOOK_ALLOWED_HOSTS", "")
 # The shared secret webhook receivers verify the X-Switchboard-Signature header with.
 JOURNEY_WEBHOOK_SECRET = os.environ.get("JOURNEY_WEBHOOK_SECRET", "")
