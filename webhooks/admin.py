@@ -124,6 +124,15 @@ class EndpointAdmin(admin.ModelAdmin):
             messages.success(request, f"Copy the signing secret now, it will not be shown again: {saved.secret}")
         _adopt(obj, saved)
 
+    def get_deleted_objects(self, objs, request):
+        """The endpoints and how many messages go with them: the delivery log is deleted with
+        its endpoint (nobody deletes it on its own), and listing it row by row would not end."""
+        objs = list(objs)
+        messages_count = Message.objects.filter(endpoint__in=objs).count()
+        deleted = [f"Webhook endpoint: {endpoint.url}" for endpoint in objs]
+        deleted.append(f"{messages_count} {plural(messages_count, 'message')} in the delivery log, with their attempts")
+        return deleted, {"webhook endpoints": len(objs), "messages": messages_count}, set(), []
+
     def delete_model(self, request, obj: Endpoint) -> None:
         services.endpoint_delete(endpoint=obj, actor=_actor(request))
 

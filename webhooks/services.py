@@ -65,9 +65,23 @@ def matches(patterns: list[str], name: str) -> bool:
     return False
 
 
+def _clean(url: object, events: object) -> tuple[str, list[str]]:
+    """Both checked, every problem reported at once."""
+    errors: list[FieldError] = []
+    cleaned = []
+    for check, value in ((clean_url, url), (clean_events, events)):
+        try:
+            cleaned.append(check(value))
+        except InputError as error:
+            errors += error.errors
+    if errors:
+        raise InputError(errors)
+    return cleaned[0], cleaned[1]
+
+
 def endpoint_create(*, url: str, events: list[str], description: str = "", actor: str) -> Endpoint:
     """Register an endpoint; its ``secret`` is on the returned object (shown once)."""
-    url, events = clean_url(url), clean_events(events)
+    url, events = _clean(url, events)
     with transaction.atomic():
         endpoint = Endpoint.objects.create(url=url, events=events, description=description, secret=new_secret())
         audit(actor=actor, action="webhook.create", object_type=OBJECT_TYPE, object_id=endpoint.pk,
@@ -76,7 +90,7 @@ def endpoint_create(*, url: str, events: list[str], description: str = "", actor
 
 
 def endpoint_update(*, endpoint: Endpoint, url: str, events: list[str], description: str, actor: str) -> Endpoint:
-    url, events = clean_url(url), clean_events(events)
+    url, events = _clean(url, events)
     with transaction.atomic():
         Endpoint.objects.filter(pk=endpoint.pk).update(url=url, events=events, description=description,
                                                        updated_at=timezone.now())
