@@ -89,9 +89,11 @@ class EndpointAdmin(admin.ModelAdmin):
     @admin.display(description="Status", ordering="status")
     def status_notice(self, endpoint: Endpoint):
         if endpoint.status == Endpoint.Status.DISABLED:
-            return format_html('<strong class="errornote">Disabled</strong> {} <br>{}',
-                               endpoint.disabled_at and f"{endpoint.disabled_at:%Y-%m-%d %H:%M}",
-                               endpoint.disabled_reason)
+            # The list stays narrow: the start of the reason, all of it on the change page.
+            reason = endpoint.disabled_reason
+            short = reason if len(reason) <= 90 else reason[:89] + "…"
+            return format_html('<strong class="errornote">Disabled</strong> <span title="{}">{}</span>',
+                               reason, short)
         return "Enabled"
 
     @admin.display(description="Events")
@@ -109,8 +111,11 @@ class EndpointAdmin(admin.ModelAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         endpoint = Endpoint.objects.filter(pk=object_id).first() if str(object_id).isdigit() else None
         if endpoint is not None and endpoint.status == Endpoint.Status.DISABLED and request.method == "GET":
-            messages.warning(request, f"This endpoint is disabled: {endpoint.disabled_reason or 'by hand'} "
-                                      "Use the “Enable” action in the list to resume delivery in order.")
+            since = f"{endpoint.disabled_at:%Y-%m-%d %H:%M} UTC" if endpoint.disabled_at else "now"
+            messages.warning(request, f"This endpoint is disabled (since {since}): "
+                                      f"{endpoint.disabled_reason.rstrip('.') or 'by hand'}. Its messages wait; "
+                                      "run “Enable selected endpoints” on it in the list to resume delivery in order, "
+                                      "from the message it stopped at.")
         return super().change_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request, obj: Endpoint, form, change: bool) -> None:
@@ -196,7 +201,14 @@ class MessageAdmin(BigTableAdmin):
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
-    @admin.action(description="Replay selected messages (same webhook-id)", permissions=["change"])
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # the log is history; only the replay action acts on it
+
+    def has_replay_permission(self, request) -> bool:
+        # Replaying sends on the endpoint's behalf: whoever may change endpoints may.
+        return request.user.has_perm("webhooks.change_endpoint")
+
+    @admin.action(description="Replay selected messages (same webhook-id)", permissions=["replay"])
     def replay(self, request, queryset) -> None:
         count = 0
         for message in queryset.select_related("endpoint"):

@@ -184,8 +184,7 @@ def record(endpoint: Endpoint, message: Message, outcome: Outcome, *, token: uui
         if fence.update(status=Message.Status.FAILED, failures=failures, **common):
             reason = (
                 f"Disabled automatically: message {message.webhook_id} ({message.event_type}) failed "
-                f"{failures} times in a row over {_describe_wait(sum(schedule))}; last error: {outcome.error}. "
-                "Enable the endpoint to resume from that message."
+                f"{failures} times in a row over {_describe_wait(sum(schedule))}; last error: {outcome.error}"
             )
             if Endpoint.objects.filter(pk=endpoint.pk, status=Endpoint.Status.ENABLED).update(
                 status=Endpoint.Status.DISABLED, disabled_reason=reason, disabled_at=now, updated_at=now,

@@ -81,7 +81,8 @@ def test_registering_shows_the_secret_once_and_refuses_internal_urls(staff):
 def test_a_disabled_endpoints_page_says_so_and_the_enable_action_resumes_it(staff, logged):
     down = logged["down"]
     page = staff.get(reverse("admin:webhooks_endpoint_change", args=[down.pk]), follow=True)
-    assert "This endpoint is disabled: Disabled automatically" in page.content.decode()
+    assert "This endpoint is disabled (since " in page.content.decode()
+    assert "Disabled automatically: message msg_1" in page.content.decode()
 
     done = staff.post(reverse("admin:webhooks_endpoint_changelist"),
                       {"action": "enable", "_selected_action": [down.pk]}, follow=True)
