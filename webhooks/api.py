@@ -18,7 +18,7 @@ router = Router(tags=["webhooks"])
 ERRORS = error_responses(404)
 
 
-class EndpointIn(Schema):
+class WebhookEndpointIn(Schema):
     model_config = ConfigDict(extra="forbid")
     url: str = Field(..., description="http(s) URL the messages are POSTed to; internal hosts are refused "
                                       "unless WEBHOOK_ALLOWED_HOSTS lists them")
@@ -27,7 +27,7 @@ class EndpointIn(Schema):
     description: str = Field("", max_length=500)
 
 
-class EndpointOut(Schema):
+class WebhookEndpointOut(Schema):
     id: int
     url: str
     description: str
@@ -45,16 +45,16 @@ class EndpointOut(Schema):
         return endpoint.disabled_reason if endpoint.status == Endpoint.Status.DISABLED else None
 
 
-class EndpointCreatedOut(EndpointOut):
+class WebhookEndpointCreatedOut(WebhookEndpointOut):
     secret: str = Field(..., description="whsec_…: verify signatures with it. Shown only now.")
 
 
-class SecretOut(Schema):
+class WebhookSecretOut(Schema):
     secret: str = Field(..., description="The new secret (shown only now)")
     previous_secret_expires_at: datetime | None
 
 
-class DeliveryOut(Schema):
+class WebhookDeliveryOut(Schema):
     id: int
     webhook_id: str = Field(..., description="The webhook-id header, the same on every attempt and replay")
     event_type: str
@@ -76,18 +76,18 @@ class DeliveryOut(Schema):
         return message.next_attempt_at if message.status == Message.Status.PENDING else None
 
 
-class DeliveriesOut(Schema):
-    deliveries: list[DeliveryOut]
+class WebhookDeliveriesOut(Schema):
+    deliveries: list[WebhookDeliveryOut]
     next_cursor: int | None
 
 
-class DeliveriesQuery(Schema):
+class WebhookDeliveriesQuery(Schema):
     limit: int = Field(50, ge=1, le=500)
     cursor: int | None = Field(None, ge=1, description="next_cursor from the previous page")
 
 
-@router.post("/webhooks", response={201: EndpointCreatedOut, **ERRORS}, summary="Register a webhook endpoint")
-def webhook_create(request, payload: EndpointIn):
+@router.post("/webhooks", response={201: WebhookEndpointCreatedOut, **ERRORS}, summary="Register a webhook endpoint")
+def webhook_create(request, payload: WebhookEndpointIn):
     """The answer holds the endpoint's signing secret: it is shown only in this answer (and a
     new one when rotated), never by GET."""
     endpoint = services.endpoint_create(
@@ -95,12 +95,12 @@ def webhook_create(request, payload: EndpointIn):
     return Status(201, endpoint)
 
 
-@router.get("/webhooks", response={200: list[EndpointOut], **ERRORS}, summary="All webhook endpoints")
+@router.get("/webhooks", response={200: list[WebhookEndpointOut], **ERRORS}, summary="All webhook endpoints")
 def webhook_list(request):
     return queries.endpoint_list()
 
 
-@router.get("/webhooks/{int:webhook_id}", response={200: EndpointOut, **ERRORS}, summary="A webhook endpoint")
+@router.get("/webhooks/{int:webhook_id}", response={200: WebhookEndpointOut, **ERRORS}, summary="A webhook endpoint")
 def webhook_detail(request, webhook_id: int):
     return queries.endpoint_get(webhook_id)
 
@@ -111,7 +111,7 @@ def webhook_delete(request, webhook_id: int):
     return Status(204, None)
 
 
-@router.post("/webhooks/{int:webhook_id}/rotate-secret", response={200: SecretOut, **ERRORS},
+@router.post("/webhooks/{int:webhook_id}/rotate-secret", response={200: WebhookSecretOut, **ERRORS},
              summary="Rotate an endpoint's signing secret")
 def webhook_rotate_secret(request, webhook_id: int):
     """Messages are signed with both the new and the previous secret for a grace period
@@ -121,23 +121,23 @@ def webhook_rotate_secret(request, webhook_id: int):
     return {"secret": secret, "previous_secret_expires_at": endpoint.previous_secret_expires_at}
 
 
-@router.post("/webhooks/{int:webhook_id}/enable", response={200: EndpointOut, **ERRORS},
+@router.post("/webhooks/{int:webhook_id}/enable", response={200: WebhookEndpointOut, **ERRORS},
              summary="Enable a disabled endpoint")
 def webhook_enable(request, webhook_id: int):
     """Delivery resumes, in order, from the message the endpoint stopped at."""
     return services.endpoint_enable(endpoint=queries.endpoint_get(webhook_id), actor=api_actor(request))
 
 
-@router.get("/webhooks/{int:webhook_id}/deliveries", response={200: DeliveriesOut, **ERRORS},
+@router.get("/webhooks/{int:webhook_id}/deliveries", response={200: WebhookDeliveriesOut, **ERRORS},
             summary="An endpoint's delivery log, newest first",
             description="Keyset pagination: pass `next_cursor` as `cursor` to get the next page.")
-def webhook_deliveries(request, webhook_id: int, params: Query[DeliveriesQuery]):
+def webhook_deliveries(request, webhook_id: int, params: Query[WebhookDeliveriesQuery]):
     page = queries.deliveries_page(queries.endpoint_get(webhook_id), limit=params.limit, cursor=params.cursor)
     return {"deliveries": page.messages, "next_cursor": page.next_cursor}
 
 
 @router.post("/webhooks/{int:webhook_id}/deliveries/{int:delivery_id}/replay",
-             response={202: DeliveryOut, **ERRORS}, summary="Send a message again")
+             response={202: WebhookDeliveryOut, **ERRORS}, summary="Send a message again")
 def webhook_replay(request, webhook_id: int, delivery_id: int):
     """The message is sent again with the same ``webhook-id`` and body, delivered or not."""
     message = queries.message_get(queries.endpoint_get(webhook_id), delivery_id)
