@@ -130,3 +130,12 @@ def test_deleting_goes_through_the_service(staff, logged):
     staff.post(reverse("admin:webhooks_endpoint_delete", args=[endpoint.pk]), {"post": "yes"})
     assert not Endpoint.objects.filter(pk=endpoint.pk).exists()
     assert AuditEntry.objects.filter(action="webhook.delete", object_id=str(endpoint.pk)).exists()
+
+
+def test_searching_the_log_by_type_or_customer(staff, logged):
+    changelist = reverse("admin:webhooks_message_changelist")
+    message = logged["message"]
+    assert message.webhook_id in staff.get(changelist, {"q": "order_completed"}).content.decode()
+    assert message.webhook_id in staff.get(changelist, {"q": str(message.customer_id)}).content.decode()
+    other = staff.get(changelist, {"q": "not a number"})
+    assert other.status_code == 200 and message.webhook_id not in other.content.decode()
