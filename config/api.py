@@ -157,9 +157,11 @@ from customers.api import router as customers_router  # noqa: E402
 from journeys.api import router as journeys_router  # noqa: E402
 from journeys.api_actions import router as actions_router  # noqa: E402
 from segments.api import router as segments_router  # noqa: E402
+from webhooks.api import router as webhooks_router  # noqa: E402
 
 api.add_router("/v1/", customers_router)
 api.add_router("/v1/", segments_router)
 api.add_router("/v1/", campaigns_router)
 api.add_router("/v1/", actions_router)
 api.add_router("/v1/", journeys_router)
+api.add_router("/v1/", webhooks_router)

@@ -114,6 +114,7 @@ INSTALLED_APPS = [
     "campaigns",
     "journeys",
     "dashboards",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -454,12 +455,25 @@ JOURNEY_BATCH_SIZE = int(os.environ.get("JOURNEY_BATCH_SIZE", "5000"))
 JOURNEY_TICK_SECONDS = float(os.environ.get("JOURNEY_TICK_SECONDS", "50"))
 # In test mode every wait lasts this many seconds.
 JOURNEY_TEST_WAIT_SECONDS = int(os.environ.get("JOURNEY_TEST_WAIT_SECONDS", "5"))
-# Webhook nodes may call only these hosts (exact names, or ".example.com" for subdomains);
-# without an entry, any public host is allowed and internal addresses never are.
+# Webhooks (journey webhook nodes and outgoing webhook endpoints) may call only these hosts
+# (exact names, or ".example.com" for subdomains); without an entry, any public host is
+# allowed and internal addresses never are. JOURNEY_WEBHOOK_ALLOWED_HOSTS, the list's older
+# name, is still honoured: its entries are added (core/outbound.py).
+WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS", "")
 JOURNEY_WEBHOOK_ALLOWED_HOSTS = env_list("JOURNEY_WEBHOOK_ALLOWED_HOSTS", "")
 # The shared secret webhook receivers verify the X-Switchboard-Signature header with.
 JOURNEY_WEBHOOK_SECRET = os.environ.get("JOURNEY_WEBHOOK_SECRET", "")
 JOURNEY_WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("JOURNEY_WEBHOOK_TIMEOUT_SECONDS", "5"))
+
+# Outgoing webhooks (webhooks/): after a failed attempt, the next waits the next of these
+# (seconds); a message still failing after the last is given up and its endpoint disabled.
+WEBHOOK_RETRY_SCHEDULE = [float(s) for s in env_list("WEBHOOK_RETRY_SCHEDULE", "5,300,1800,7200,18000,36000,36000")]
+WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("WEBHOOK_TIMEOUT_SECONDS", "10"))
+# After a secret is rotated, messages are signed with the previous one too for this long.
+WEBHOOK_SECRET_GRACE_SECONDS = int(os.environ.get("WEBHOOK_SECRET_GRACE_SECONDS", str(24 * 3600)))
+# A sender holds an endpoint this long past each attempt; a killed worker's endpoint is
+# taken over once it ends. Must exceed WEBHOOK_TIMEOUT_SECONDS.
+WEBHOOK_LEASE_SECONDS = int(os.environ.get("WEBHOOK_LEASE_SECONDS", "60"))
 
 # Twilio (or a Twilio-compatible API) for SMS, WhatsApp and voice.
 TWILIO_ACCOUNT_SID = os.environ.get("TWILIO_ACCOUNT_SID", "")

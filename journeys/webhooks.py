@@ -4,18 +4,9 @@ A webhook node's step writes a :class:`~journeys.models.WebhookCall` (the outbox
 its idempotency key) in the executor's transaction; :func:`send_due` sends the calls that are
 due and moves each enrollment on by ``ok`` or ``failed``.
 
-**Destinations.** :func:`url_problem` refuses what a node may not call: anything but
-http(s), URLs with credentials, and, unless ``JOURNEY_WEBHOOK_ALLOWED_HOSTS`` lists the
-host (an exact name or IP, or ``.example.com`` for the domain and its subdomains), internal
-hosts: private, loopback, link-local, reserved, multicast and unspecified IPs (v4 and v6,
-IPv4-mapped, 6to4 and NAT64 forms too) and names such as ``localhost``, ``*.local`` or
-``*.internal``. With an allow-list, only its hosts may be called. Because a public name
-can resolve to an internal address, the worker resolves the name once when it sends,
-refuses the call if any address is internal (unless the host is on the allow-list), and
-connects to the address it checked: the name is sent as ``Host`` and as the TLS server
-name, and certificates are verified against it, so a second DNS answer (rebinding) never
-reaches the socket. Proxies from the environment are not used, and redirects are not
-followed: either would connect somewhere that was not checked.
+**Destinations** are checked by :mod:`core.outbound`, shared with the outgoing webhooks of
+the event stream: :func:`url_problem` refuses internal hosts unless ``WEBHOOK_ALLOWED_HOSTS``
+lists them, and the request goes to the address that was checked (see that module).
 
 **The request.** ``POST`` of the call's payload as JSON, with the headers
 
@@ -64,181 +55,46 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import math
 import random
-import re
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from core import outbound
+from core.outbound import MAX_RESPONSE_BYTES, Answer, Clients, Refused
+
 from .graph import nodes_by_id
 from .models import Enrollment, WebhookCall
 
 logger = logging.getLogger(__name__)
 
+# Graph validation checks a node's URL with this when it is saved.
+url_problem = outbound.url_problem
+
 TABLE = WebhookCall._meta.db_table
 PENDING, SENT, FAILED = WebhookCall.Status.PENDING, WebhookCall.Status.SENT, WebhookCall.Status.FAILED
 
-MAX_URL_LENGTH = 2000
 DEFAULT_RETRIES = 3
 # The first retry waits this long; each further one twice as long, up to BACKOFF_CAP.
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_CAP = timedelta(hours=1)
 # Requests of one batch in flight at once (they are I/O; the database is written afterwards).
 CONCURRENCY = 16
-# An answer larger than this is not read further (and not stored).
-MAX_RESPONSE_BYTES = 256 * 1024
 # The longest node timeout graph validation accepts.
 MAX_TIMEOUT_SECONDS = 30
 USER_AGENT = "Switchboard-Journeys"
 SECRET_LABEL = b"switchboard.journeys.webhook-signing-secret"
 
-INTERNAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
-INTERNAL_SUFFIXES = (".localhost", ".local", ".internal", ".localdomain", ".home.arpa", ".lan")
-NAT64 = ipaddress.ip_network("64:ff9b::/96")
-# Legacy IPv4 spellings that resolvers accept: 2130706433, 0x7f.1, 127.1.
-LEGACY_IPV4 = re.compile(r"(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}")
-
-
-# --- Destinations ---------------------------------------------------------------------------------
-
-
-class Refused(Exception):
-    """A destination webhooks may not reach; the call fails without a request."""
-
-
-def _allowed_hosts() -> list[str]:
-    return [entry.strip().lower().rstrip(".") for entry in settings.JOURNEY_WEBHOOK_ALLOWED_HOSTS if entry.strip()]
-
-
-def _normal_host(host: str) -> str:
-    return host.lower().rstrip(".")
-
-
-def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address ``host`` spells, in any form a resolver would accept, or None for a name."""
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    if LEGACY_IPV4.fullmatch(host):
-        try:
-            return ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return None
-    return None
-
-
-def host_allowed(host: str) -> bool:
-    """Whether ``JOURNEY_WEBHOOK_ALLOWED_HOSTS`` names ``host`` (exactly, or by a ``.domain`` entry)."""
-    host = _normal_host(host)
-    literal = _ip_literal(host)
-    for entry in _allowed_hosts():
-        if entry.startswith("."):
-            if host == entry[1:] or host.endswith(entry):
-                return True
-        elif host == entry or (literal is not None and literal == _ip_literal(entry.strip("[]"))):
-            return True
-    return False
-
-
-def internal_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Whether ``ip`` is not a public unicast address (or hides one that is not)."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = [ip.ipv4_mapped, ip.sixtofour]
-        if ip in NAT64:
-            embedded.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-        if any(address is not None and internal_address(address) for address in embedded):
-            return True
-    return (
-        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast
-        or ip.is_unspecified or not ip.is_global
-    )
-
-
-def _internal_name(host: str) -> bool:
-    # A name without a dot is looked up in the local search domains: an internal host.
-    return host in INTERNAL_NAMES or host.endswith(INTERNAL_SUFFIXES) or "." not in host
-
-
-def url_problem(url: object) -> str | None:
-    """Why ``url`` cannot be a webhook destination, or None.
-
-    Reads ``JOURNEY_WEBHOOK_ALLOWED_HOSTS`` when called. Names are checked as written; what
-    they resolve to is checked again when the call is sent (:func:`destination`)."""
-    if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
-        return f"must be a URL of at most {MAX_URL_LENGTH:,} characters"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError:
-        return "must be a valid http or https URL"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "must be an http or https URL"
-    if parts.username is not None or parts.password is not None:
-        return "must not contain a user name or password (receivers check the signature instead)"
-    if any(character.isspace() for character in url):
-        return "must not contain spaces"
-    host = _normal_host(parts.hostname)
-    if _allowed_hosts():
-        if not host_allowed(host):
-            return f"{host} is not an allowed webhook host (JOURNEY_WEBHOOK_ALLOWED_HOSTS)"
-        return None
-    literal = _ip_literal(host)
-    if literal is not None:
-        if internal_address(literal):
-            return f"must not point at an internal address ({literal})"
-        return None
-    if _internal_name(host):
-        return f"must be a public host name ({host} is internal)"
-    return None
-
-
-@dataclass(frozen=True)
-class Destination:
-    """Where a call goes: the URL, and the address its host resolved to when it was checked."""
-
-    url: httpx.URL
-    address: str
-
-    @property
-    def server_name(self) -> str:
-        return self.url.raw_host.decode("ascii")
-
-
-def destination(url: str) -> Destination:
-    """Check ``url`` again and resolve its host once; raises :class:`Refused` for a destination
-    that is not allowed (an internal address, unless the host is on the allow-list), and
-    ``OSError`` when the name does not resolve (a temporary failure)."""
-    problem = url_problem(url)
-    if problem:
-        raise Refused(f"Refused: the URL {problem}.")
-    target = httpx.URL(url)
-    name = target.raw_host.decode("ascii")
-    port = target.port or (443 if target.scheme == "https" else 80)
-    found = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
-    addresses = [info[4][0] for info in found]
-    if not addresses:
-        raise OSError(f"{name} has no address")
-    if not host_allowed(name):
-        for address in addresses:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-            if internal_address(ip):
-                raise Refused(f"Refused: {name} resolves to the internal address {ip}.")
-    return Destination(url=target, address=addresses[0].split("%", 1)[0])
 
 
 # --- Signing ----------------------------------------------------------------------------------------
@@ -388,66 +244,19 @@ def _retry_after(value: str | None, *, now: datetime) -> float | None:
         return None
 
 
-class _Clients:
-    """httpx clients for a batch, one per (server name, address): a kept-alive connection is
-    only reused for the name it was opened (and its certificate checked) for."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.clients: dict[tuple, httpx.Client] = {}
-
-    def get(self, key: tuple) -> httpx.Client:
-        with self.lock:
-            client = self.clients.get(key)
-            if client is None:
-                # trust_env=False: an HTTP(S)_PROXY from the environment would connect for us.
-                client = self.clients[key] = httpx.Client(trust_env=False, follow_redirects=False)
-            return client
-
-    def close(self) -> None:
-        for client in self.clients.values():
-            client.close()
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    headers: httpx.Headers
-    body: bytes
-    truncated: bool
-
-
-def post(call: Claimed, *, timeout: float, clients: _Clients) -> Answer:
+def post(call: Claimed, *, timeout: float, clients: Clients) -> Answer:
     """POST ``call`` to the address its host resolved to when checked. Raises :class:`Refused`,
     ``OSError`` (name resolution) or ``httpx.HTTPError`` (timeouts, network errors)."""
-    target = destination(call.url)
     body = encode(call.payload)
     timestamp = str(int(time.time()))
     headers = {
-        "Host": target.url.netloc.decode("ascii"),
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         "Idempotency-Key": call.idempotency_key,
         "X-Switchboard-Timestamp": timestamp,
         "X-Switchboard-Signature": signature(signing_secret(), timestamp, body),
     }
-    pinned = target.url.copy_with(host=target.address)
-    extensions = {} if _ip_literal(target.server_name) else {"sni_hostname": target.server_name}
-    client = clients.get((target.url.scheme, target.server_name, target.address, target.url.port))
-    started = time.monotonic()
-    with client.stream(
-        "POST", pinned, content=body, headers=headers, timeout=httpx.Timeout(timeout), extensions=extensions
-    ) as response:
-        chunks, size, truncated = [], 0, False
-        for chunk in response.iter_bytes():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_RESPONSE_BYTES:
-                truncated = True
-                break
-            if time.monotonic() - started > timeout:
-                raise httpx.ReadTimeout("the answer took longer than the timeout")
-        return Answer(response.status_code, response.headers, b"".join(chunks), truncated)
+    return outbound.post(call.url, body=body, headers=headers, timeout=timeout, clients=clients)
 
 
 def _json_object(answer: Answer) -> dict | None:
@@ -468,7 +277,7 @@ def _describe(error: BaseException, *, timeout: float) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-def attempt(call: Claimed, node: NodeSettings, *, now: datetime, clients: _Clients) -> Outcome:
+def attempt(call: Claimed, node: NodeSettings, *, now: datetime, clients: Clients) -> Outcome:
     """Send one claimed call and decide what becomes of it (nothing is written here)."""
 
     def retry_or_fail(error: str, status: int | None = None, retry_after: float | None = None) -> Outcome:
@@ -609,7 +418,7 @@ def send_due(*, limit: int = 100, now: datetime | None = None) -> dict[str, int]
             outcomes.append(Outcome(call, FAILED, error="Not sent: the customer had left the journey."))
         else:
             to_send.append(call)
-    clients = _Clients()
+    clients = Clients()
     try:
         with ThreadPoolExecutor(max_workers=min(CONCURRENCY, max(len(to_send), 1))) as pool:
             outcomes += pool.map(

@@ -30,6 +30,7 @@ from journeys.models import Action, Decision
 from tests.journeys.factories import live_version, support_task, task_graph, waiting_at
 from tests.campaigns.conftest import audience, make_campaign  # noqa: F401  (audience is a fixture)
 from tests.conftest import WAIT_SECONDS
+from webhooks import services as webhook_services
 
 pytestmark = [
     pytest.mark.django_db,
@@ -301,8 +302,10 @@ def objects(audience):
     action = Action.objects.create(key="coupon", name="Coupon", accept_event="order_completed")
     decision = Decision.objects.create(customer=ada, action=action, journey_id=version.journey_id, node="offer",
                                        idempotency_key="access-test")
+    # An outgoing webhook endpoint.
+    webhook = webhook_services.endpoint_create(url="https://hooks.example.com/x", events=["*"], actor="test")
     return {"campaign": campaign, "segment": audience["segment"], "customer": ada, "journey": version.journey,
-            "task": task, "test_run": test_run, "action": action, "decision": decision}
+            "task": task, "test_run": test_run, "action": action, "decision": decision, "webhook": webhook}
 
 
 def path_values(objects, user) -> dict[str, object]:
@@ -318,6 +321,7 @@ def path_values(objects, user) -> dict[str, object]:
         "action_id": objects["action"].pk,
         "decision_id": objects["decision"].pk,
         "campaign_id": objects["campaign"].pk,
+        "webhook_id": objects["webhook"].pk,
         "delivery_id": Delivery.objects.filter(campaign=objects["campaign"]).first().pk,
         "message_id": SandboxMessage.objects.filter(channel="email").first().pk,  # the email frame needs an email
         "frame_key": "0" * 32,

@@ -34,6 +34,7 @@ from segments.services import segment_create
 from tests.campaigns.conftest import audience, make_campaign  # noqa: F401  (the fixture)
 from tests.conftest import WAIT_SECONDS
 from tests.factories import EventFactory
+from webhooks import services as webhook_services
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
@@ -60,11 +61,13 @@ def seeded(audience):  # noqa: F811
     dispatch.dispatch(budget_seconds=WAIT_SECONDS)
     deliveries = list(Delivery.objects.filter(campaign=sending).values_list("pk", flat=True))
     assert deliveries
+    webhook = webhook_services.endpoint_create(url="https://hooks.example.com/x", events=["*"], actor="test")
     return {
         "customer_id": [person.pk for person in people.values()],
         "segment_id": [audience["segment"].pk, dynamic.pk],
         "campaign_id": [draft.pk, sending.pk, paused.pk],
         "delivery_id": deliveries[:2],
+        "webhook_id": [webhook.pk],
     }
 
 
