@@ -12,7 +12,7 @@ from core.audit import audit
 from core.errors import FieldError, InputError
 
 from . import apply, mapping, staging, validation
-from .models import CustomerImport, MatchKey
+from .models import CustomerImport
 
 logger = logging.getLogger(__name__)
 
