@@ -8,7 +8,6 @@ import pytest
 
 from core.errors import InputError
 from core.models import AuditEntry
-from customers import timeline
 from customers.imports import services
 from customers.imports.models import CustomerImport, ImportIssue
 from customers.models import Consent, ConsentState, Customer, Event, Subscription
