@@ -76,7 +76,7 @@ def _describe(error: dict) -> dict:
     """Turn one pydantic error into {index?, field, message} a person can act on."""
     # Only the leading location names where the value came from; a field may be called "body".
     loc = list(error.get("loc", ()))
-    while loc and loc[0] in ("body", "payload", "query", "path"):
+    while loc and loc[0] in ("body", "payload", "query", "path", "form", "file"):
         loc.pop(0)
     index = None
     if len(loc) >= 2 and loc[0] in BATCH_FIELDS and isinstance(loc[1], int):
@@ -154,12 +154,14 @@ def on_unexpected(request, exc):
 
 from campaigns.api import router as campaigns_router  # noqa: E402
 from customers.api import router as customers_router  # noqa: E402
+from customers.imports.api import router as imports_router  # noqa: E402
 from journeys.api import router as journeys_router  # noqa: E402
 from journeys.api_actions import router as actions_router  # noqa: E402
 from segments.api import router as segments_router  # noqa: E402
 from webhooks.api import router as webhooks_router  # noqa: E402
 
 api.add_router("/v1/", customers_router)
+api.add_router("/v1/", imports_router)
 api.add_router("/v1/", segments_router)
 api.add_router("/v1/", campaigns_router)
 api.add_router("/v1/", actions_router)

@@ -23,9 +23,11 @@ from .models import (
     Consent,
     ConsentState,
     Customer,
+    CustomerImport,
     Device,
     EmailRequest,
     Event,
+    ImportIssue,
     Subscription,
     Topic,
 )
@@ -472,3 +474,30 @@ class ApiKeyAdmin(admin.ModelAdmin):
                                       f"{'them' if revoked != 1 else 'it'} are now refused.")
         else:
             messages.info(request, "The selected keys were already revoked.")
+
+
+# --- Imports ------------------------------------------------------------------------------------
+
+
+@admin.register(CustomerImport)
+class CustomerImportAdmin(ReadOnlyAdmin):
+    """Imports are made on the import pages or through the API; here they are read."""
+
+    list_display = ("id", "page_link", "filename", "status", "rows_total", "created_count", "updated_count", "unchanged_count",
+                    "rejected_count", "warning_count", "match_on", "actor", "created_at", "finished_at")
+    list_filter = ("status", "match_on")
+    search_fields = ("filename", "actor")
+    list_select_related = ("created_by",)
+    date_hierarchy = "created_at"
+
+    @admin.display(description="page")
+    def page_link(self, obj):
+        return format_html('<a href="{}">open</a>', reverse("customers:import_detail", args=[obj.pk]))
+
+
+@admin.register(ImportIssue)
+class ImportIssueAdmin(ReadOnlyAdmin):
+    list_display = ("customer_import", "line", "kind", "reason")
+    list_filter = ("kind",)
+    list_select_related = ("customer_import",)
+    raw_id_fields = ("customer_import",)

@@ -445,3 +445,7 @@ class EmailRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.purpose} {self.requested_at:%Y-%m-%d %H:%M} from {self.ip_address or '?'}"
+
+
+# Imports live in their own package; Django finds their models through this module.
+from .imports.models import CustomerImport, ImportIssue  # noqa: E402, F401

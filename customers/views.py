@@ -21,7 +21,7 @@ from . import queries, reachability
 from .services import preferences, profiles
 from .forms import CustomerSearchForm, NoteForm, SubscriptionChangeForm, TimelineFilterForm
 from .models import ChannelKind, Event, EventCategory
-from .roles import MARKETER, SUPPORT, role_required
+from .roles import MARKETER, SUPPORT, can_use_marketing, role_required
 
 CUSTOMERS_PER_PAGE = 50
 TIMELINE_PAGE_SIZE = 50
@@ -48,6 +48,7 @@ def customer_list(request):
     if wants_partial(request):
         return render(request, "customers/list.html#results", context)
     context["stages"] = queries.lifecycle_stages()
+    context["can_import"] = can_use_marketing(request.user)
     return render(request, "customers/list.html", context)
 
 

@@ -10,6 +10,7 @@ every writing method the path takes), and nothing is written.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from django.utils.regex_helper import normalize
 from campaigns import dispatch
 from campaigns.services import lifecycle
 from campaigns.models import Delivery, SandboxMessage
+from customers.imports.services import import_upload
 from customers.models import Customer
 from journeys.models import Action, Decision
 from tests.journeys.factories import live_version, support_task, task_graph, waiting_at
@@ -118,6 +120,14 @@ ACCESS: dict[str, Access] = {
     "customers:subscription_change": CUSTOMERS,
     "customers:note_add": CUSTOMERS,
     "segments:customer_segments": CUSTOMERS,  # the Segments card on the customer page
+    # Importing customers from CSV: marketers (and admins), not support staff.
+    "customers:imports": MARKETING,
+    "customers:import_new": MARKETING,
+    "customers:import_detail": MARKETING,
+    "customers:import_start": MARKETING,
+    "customers:import_progress": MARKETING,
+    "customers:import_report": MARKETING,
+    "customers:import_discard": MARKETING,
     # Segments.
     "segments:list": MARKETING,
     "segments:new": MARKETING,
@@ -304,8 +314,10 @@ def objects(audience):
                                        idempotency_key="access-test")
     # An outgoing webhook endpoint.
     webhook = webhook_services.endpoint_create(url="https://hooks.example.com/x", events=["*"], actor="test")
+    customer_import = import_upload(file=io.BytesIO(b"id,email\nx-1,x1@example.com\n"), filename="crm.csv", actor="test")
     return {"campaign": campaign, "segment": audience["segment"], "customer": ada, "journey": version.journey,
-            "task": task, "test_run": test_run, "action": action, "decision": decision, "webhook": webhook}
+            "task": task, "test_run": test_run, "action": action, "decision": decision, "webhook": webhook,
+            "import": customer_import}
 
 
 def path_values(objects, user) -> dict[str, object]:
@@ -322,6 +334,7 @@ def path_values(objects, user) -> dict[str, object]:
         "decision_id": objects["decision"].pk,
         "campaign_id": objects["campaign"].pk,
         "webhook_id": objects["webhook"].pk,
+        "import_id": objects["import"].pk,
         "delivery_id": Delivery.objects.filter(campaign=objects["campaign"]).first().pk,
         "message_id": SandboxMessage.objects.filter(channel="email").first().pk,  # the email frame needs an email
         "frame_key": "0" * 32,
