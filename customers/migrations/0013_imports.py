@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('customers', '0011_phone_suffix_index'),
+        ('customers', '0012_sources'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
