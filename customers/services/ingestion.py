@@ -130,22 +130,25 @@ def _events_ingest_once(*, items: list[EventInput], source: str, actor: str) -> 
     return IngestResult(accepted=int(accepted), duplicates=len(items) - int(accepted), customers_created=len(created_ids))
 
 
+# How each identifying key finds a customer: its unique index (the ON CONFLICT target), the
+# expression looked up, and the (external_id, email, anonymous_id) a new customer gets from v.
+_KEYS = {
+    "external_id": ("(external_id)", "external_id", "v, '', NULL"),
+    "email": ("(lower(email)) WHERE NOT (email = '')", "lower(email)", "NULL, v, NULL"),
+    "anonymous_id": ("(anonymous_id)", "anonymous_id", "NULL, '', v"),
+}
+
+
 def customers_ensure(cursor, key: str, values: list[str], source: str, actor: str, now) -> tuple[dict[str, int], set[int]]:
-    """Map each external id or email to a customer id, creating missing customers.
+    """Map each external id, email or anonymous id to a customer id, creating missing customers.
 
     Call inside a transaction. Returns the mapping and the ids of the customers created
     (each gets a ``customer.created`` event).
     """
     if not values:
         return {}, set()
-    if key == "external_id":
-        conflict = "(external_id)"
-        lookup = "external_id = ANY(%(values)s)"
-        select_key = "external_id"
-    else:
-        conflict = "(lower(email)) WHERE NOT (email = '')"
-        lookup = "lower(email) = ANY(%(values)s)"
-        select_key = "lower(email)"
+    conflict, select_key, new_keys = _KEYS[key]
+    lookup = f"{select_key} = ANY(%(values)s)"
     # Usually everyone exists already: look first, insert only the rest.
     cursor.execute(f"SELECT {select_key}, id FROM customers_customer WHERE {lookup}", {"values": values})
     known = dict(cursor.fetchall())
@@ -163,21 +166,21 @@ def customers_ensure(cursor, key: str, values: list[str], source: str, actor: st
         f"""
         WITH created AS (
             INSERT INTO customers_customer
-                (external_id, email, phone, first_name, last_name, locale, timezone, lifecycle_stage,
+                (external_id, email, anonymous_id, phone, first_name, last_name, locale, timezone, lifecycle_stage,
                  attributes, created_at, updated_at)
-            SELECT {"v, ''" if key == "external_id" else "NULL, v"}, '', '', '', '', '', '', '{{}}'::jsonb,
-                   %(now)s, %(now)s
+            SELECT {new_keys}, '', '', '', '', '', '', '{{}}'::jsonb, %(now)s, %(now)s
             FROM unnest(%(values)s::text[]) AS v
             ON CONFLICT {conflict} DO NOTHING
             RETURNING id, {key}
         ),
         {timeline.insert_cte(rows)}
-        SELECT coalesce(array_agg(id), '{{}}') FROM created
+        SELECT coalesce(array_agg(id), '{{}}'), {timeline.summary_sql()} FROM created
         """,
         {"values": values, "now": now, "source": source, "actor": actor},
     )
-    created = set(cursor.fetchone()[0])
-    timeline.changed(customer_ids=created, created=created)
+    created, summary = cursor.fetchone()
+    created = set(created)
+    timeline.written(summary, created=created)
     # Those a concurrent batch created in the meantime were skipped by ON CONFLICT: read them too.
     cursor.execute(f"SELECT {select_key}, id FROM customers_customer WHERE {lookup}", {"values": values})
     return {**known, **dict(cursor.fetchall())}, created

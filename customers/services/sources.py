@@ -194,33 +194,7 @@ def anonymous_profiles_ensure(cursor, *, anonymous_ids: list[str], source: str, 
     """
     if not anonymous_ids:
         return {}
-    rows = """
-        SELECT id AS customer_id, 'customer.created' AS name, '' AS channel,
-               jsonb_build_object('fields', jsonb_build_object('anonymous_id', jsonb_build_array(NULL, anonymous_id)))
-                   AS properties,
-               %(now)s::timestamptz AS occurred_at, %(now)s::timestamptz AS received_at, %(source)s AS source,
-               NULL AS idempotency_key, %(actor)s AS actor
-        FROM created
-    """
-    cursor.execute(
-        f"""
-        WITH created AS (
-            INSERT INTO customers_customer
-                (anonymous_id, external_id, email, phone, first_name, last_name, locale, timezone, lifecycle_stage,
-                 attributes, created_at, updated_at)
-            SELECT v, NULL, '', '', '', '', '', '', '', '{{}}'::jsonb, %(now)s, %(now)s
-            FROM unnest(%(values)s::text[]) AS v
-            WHERE NOT EXISTS (SELECT 1 FROM customers_customer c WHERE c.anonymous_id = v)
-            ON CONFLICT (anonymous_id) DO NOTHING
-            RETURNING id, anonymous_id
-        ),
-        {timeline.insert_cte(rows)}
-        SELECT coalesce(array_agg(id), '{{}}'), {timeline.summary_sql()} FROM created
-        """,
-        {"values": anonymous_ids, "now": now, "source": source, "actor": actor},
-    )
-    created, summary = cursor.fetchone()
-    timeline.written(summary, created=created)
+    ingestion.customers_ensure(cursor, "anonymous_id", anonymous_ids, source, actor, now)
     cursor.execute(
         "SELECT anonymous_id, coalesce(merged_into_id, id) FROM customers_customer "
         "WHERE anonymous_id = ANY(%s) ORDER BY id FOR SHARE",
