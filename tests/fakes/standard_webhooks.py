@@ -22,10 +22,12 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
+
+from tests.fakes.webhook import LoopbackServer
 
 
 @dataclass
@@ -45,7 +47,7 @@ class Request:
 
 
 @dataclass
-class StandardWebhooksReceiver:
+class StandardWebhooksReceiver(LoopbackServer):
     secrets: list[str] = field(default_factory=list)
     script: list = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
@@ -116,23 +118,8 @@ class StandardWebhooksReceiver:
             def do_POST(self):
                 fake._handle(self)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/hooks"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-standard-webhooks", daemon=True)
-        self._thread.start()
+        self.serve(Handler, name="fake-standard-webhooks", path="/hooks")
         return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> StandardWebhooksReceiver:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def types(self) -> list[str]:
         return [request.json["type"] for request in self.processed]

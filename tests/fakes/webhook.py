@@ -39,8 +39,33 @@ class Received:
         return hmac.compare_digest(f"sha256={expected}", self.headers.get("x-switchboard-signature", ""))
 
 
+class LoopbackServer:
+    """Serves a ``BaseHTTPRequestHandler`` class on 127.0.0.1 from a thread; a context manager."""
+
+    def serve(self, handler: type[BaseHTTPRequestHandler], *, name: str, path: str = "") -> None:
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}{path}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def start(self):
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 @dataclass
-class FakeWebhookReceiver:
+class FakeWebhookReceiver(LoopbackServer):
     script: list = field(default_factory=list)
     default: tuple = (200, {"ok": True})
     delay: float = 0.0
@@ -90,23 +115,8 @@ class FakeWebhookReceiver:
                 except OSError:
                     pass  # the caller stopped waiting
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-webhook", daemon=True)
-        self._thread.start()
+        self.serve(Handler, name="fake-webhook")
         return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> FakeWebhookReceiver:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def keys(self) -> list[str]:
         """The Idempotency-Key of every request received, in order."""
