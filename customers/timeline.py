@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.utils import timezone
 
 from . import signals
@@ -349,7 +349,7 @@ def written(summary, *, fields: Iterable[str] = (), created: Iterable[int] = ())
 
 
 def copy_rows(cursor, rows: Iterable[tuple]) -> int:
-    """Bulk-load rows with COPY (demo data, imports): each row is the values of
+    """Bulk-load rows with COPY (the demo data): each row is the values of
     :data:`COLUMNS` in order, ``properties`` as JSON text. Call inside a transaction with a
     Django cursor. Returns how many rows were written."""
     by_name: dict[str, set[int]] = {}
@@ -380,8 +380,6 @@ def move(*, from_customer_id: int, to_customer_id: int, keep: Iterable[str] = ()
     history. Rows named in ``keep`` stay (the entry saying the first one was created).
     Returns how many rows moved, per event name.
     """
-    from django.db import connection
-
     with connection.cursor() as cursor:
         cursor.execute(
             f"""

@@ -26,6 +26,21 @@ _PAST = PastMembership._meta.db_table
 _SEGMENTS = Segment._meta.db_table
 
 
+def entry_id_sql(segment_id: str) -> str:
+    """The id of a current membership's entry, from the SQL of its segment id."""
+    return f"-(4 * {segment_id} + 1)"
+
+
+def past_entry_id_sql(past_id: str) -> str:
+    """The id of an ended membership's entry, from the SQL of its ``PastMembership`` id."""
+    return f"-(4 * {past_id} + 3)"
+
+
+def past_exit_id_sql(past_id: str) -> str:
+    """The id of an ended membership's exit, from the SQL of its ``PastMembership`` id."""
+    return f"-(4 * {past_id} + 2)"
+
+
 def _row(*, table: str, id_sql: str, name: str, at: str, actor: str, condition: str) -> str:
     return f"""SELECT {id_sql} AS id, h.customer_id, '{name}'::varchar AS name,
                       '{EventCategory.SEGMENT.value}'::varchar AS category, ''::varchar AS channel,
@@ -45,10 +60,10 @@ def events_sql(condition: str = "TRUE", *, limit: str = "") -> str:
         return f"({row} ORDER BY h.{kwargs['at']} DESC LIMIT {limit})" if limit else row
 
     return "(" + "\n UNION ALL ".join([
-        branch(table=_MEMBERSHIPS, id_sql="-(4 * h.segment_id + 1)", name="segment.entered", at="entered_at",
+        branch(table=_MEMBERSHIPS, id_sql=entry_id_sql("h.segment_id"), name="segment.entered", at="entered_at",
                actor="entered_by"),
-        branch(table=_PAST, id_sql="-(4 * h.id + 3)", name="segment.entered", at="entered_at", actor="entered_by"),
-        branch(table=_PAST, id_sql="-(4 * h.id + 2)", name="segment.exited", at="exited_at", actor="exited_by"),
+        branch(table=_PAST, id_sql=past_entry_id_sql("h.id"), name="segment.entered", at="entered_at", actor="entered_by"),
+        branch(table=_PAST, id_sql=past_exit_id_sql("h.id"), name="segment.exited", at="exited_at", actor="exited_by"),
     ]) + ")"
 
 

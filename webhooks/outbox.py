@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from customers.models import Customer, Event
 from customers.timeline import Change
+from segments.history import entry_id_sql, past_exit_id_sql
 from segments.models import PastMembership, Segment
 
 from .models import Endpoint, Message
@@ -61,7 +62,7 @@ WITH rows AS (
     WHERE e.customer_id = ANY(%(customers)s::bigint[])
     UNION ALL
     SELECT 1 AS kind, m.n,
-           CASE WHEN m.name = 'segment.entered' THEN -(4 * m.segment_id + 1) ELSE -(4 * p.id + 2) END,
+           CASE WHEN m.name = 'segment.entered' THEN {entry_id_sql('m.segment_id')} ELSE {past_exit_id_sql('p.id')} END,
            m.customer_id, m.name,
            jsonb_build_object('segment_id', m.segment_id, 'segment', coalesce(s.name, 'a deleted segment')),
            '', 'platform', coalesce(p.exited_at, %(now)s), coalesce(p.exited_at, %(now)s)
