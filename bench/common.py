@@ -265,3 +265,12 @@ class CpuMeter:
         # Anything else on the machine: other people's work, the kernel.
         cores["other"] = round(cores["machine busy"] - sum(v for k, v in cores.items() if k != "machine busy"), 2)
         return cores
+
+
+def checkpoint(conn) -> None:
+    """Start each timed run with no dirty pages left by the setup (needs superuser; skipped otherwise)."""
+    try:
+        conn.execute("CHECKPOINT")
+        conn.commit()
+    except psycopg.Error:
+        conn.rollback()

@@ -72,7 +72,7 @@ def copy_baseline(url: str, path: Path) -> float:
     with psycopg.connect(url) as conn:
         conn.execute(f"CREATE TABLE bench_copy ({columns})")
         conn.commit()
-        checkpoint(conn)
+        common.checkpoint(conn)
         began = time.perf_counter()
         with conn.cursor().copy("COPY bench_copy FROM STDIN (FORMAT csv, HEADER true)") as copy, path.open("rb") as f:
             while chunk := f.read(1 << 20):
@@ -84,14 +84,6 @@ def copy_baseline(url: str, path: Path) -> float:
         conn.commit()
     assert copied == ROWS, copied
     return seconds
-
-
-def checkpoint(conn) -> None:
-    try:
-        conn.execute("CHECKPOINT")
-        conn.commit()
-    except psycopg.Error:
-        conn.rollback()
 
 
 def run_import(path: Path) -> tuple[float, object]:
@@ -142,7 +134,7 @@ def main() -> None:
         common.log(f"COPY:   {ROWS:,} rows in {copy_seconds:.2f} s = {copy_rate:,.0f} rows/s (bare text table)")
 
         with psycopg.connect(url) as conn:
-            checkpoint(conn)
+            common.checkpoint(conn)
         import_seconds, first = run_import(path)
         import_rate = common.rate(ROWS, import_seconds)
         phases = first.phase_seconds

@@ -184,7 +184,7 @@ def copy_baseline(url: str, data: bytes) -> float:
     with psycopg.connect(url) as conn:
         conn.execute("TRUNCATE customers_event")
         conn.commit()
-        checkpoint(conn)
+        common.checkpoint(conn)
         began = time.perf_counter()
         with conn.cursor().copy(
             "COPY customers_event (customer_id, name, category, channel, properties, occurred_at, received_at, "
@@ -195,15 +195,6 @@ def copy_baseline(url: str, data: bytes) -> float:
                 copy.write(view[offset:offset + (1 << 20)])
         conn.commit()
         return time.perf_counter() - began
-
-
-def checkpoint(conn) -> None:
-    """Start each timed run with no dirty pages left by the setup (needs superuser; skipped otherwise)."""
-    try:
-        conn.execute("CHECKPOINT")
-        conn.commit()
-    except psycopg.Error:
-        conn.rollback()
 
 
 def count_events(url: str) -> int:
@@ -229,7 +220,7 @@ def main() -> None:
                    f"of {BATCH:,} ({megabytes:.1f} MB of JSON), {CONCURRENCY} connections")
 
         with psycopg.connect(url) as conn:
-            checkpoint(conn)
+            common.checkpoint(conn)
         workers = common.server_workers()
         with common.run_server(url, workers=workers) as base:
             warm_up(base, key, workers, ids[external_id(0)])
