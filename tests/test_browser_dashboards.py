@@ -24,7 +24,9 @@ from campaigns.services.lifecycle import campaign_launch
 from campaigns.models import Delivery, SandboxMessage
 from campaigns.providers import DeliveryEvent
 from tests.campaigns.conftest import audience, make_campaign  # noqa: F401  (the fixture)
+from segments.services import static_members_change
 from tests.conftest import PASSWORD, WAIT_SECONDS, new_context
+from tests.factories import CustomerFactory, SubscriptionFactory
 from tests.servers import AsgiServer
 
 pytestmark = [
@@ -268,6 +270,13 @@ def test_a_form_in_a_pushed_card_still_submits(asgi_server, page, marketer, audi
     from campaigns.models import Campaign
     from campaigns.services.compose import VariantInput
 
+    # Who is in the test group is drawn from a hash of the campaign and customer ids: with the
+    # audience's three reachable customers, one run in a thousand put none of them in it.
+    # Eight more leave no realistic chance (0.1^11) that nobody gets the test's email.
+    more = [CustomerFactory(timezone="UTC") for _ in range(8)]
+    for customer in more:
+        SubscriptionFactory(customer=customer, topic=audience["topic"], channel="email")
+    static_members_change(segment=audience["segment"], add=True, ids=[c.pk for c in more], actor="test")
     content = {"email": {"subject": "Winter sale", "html": "<p>Hi</p><a href='https://shop.example.com/sale'>Sale</a>",
                          "text": ""}}
     campaign = make_campaign(
