@@ -57,6 +57,12 @@ class CustomerImport(models.Model):
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["status"], name="customer_import_status_idx")]
 
+    @property
+    def phase_timings(self) -> list[tuple[str, float]]:
+        """(phase, seconds) in the order the phases run (JSON objects keep no key order)."""
+        return [(phase, self.phase_seconds[phase]) for phase in ("staging", "validating", "applying")
+                if phase in self.phase_seconds]
+
     def __str__(self) -> str:
         return f"{self.filename} ({self.get_status_display().lower()})"
 
